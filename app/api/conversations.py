@@ -1,0 +1,122 @@
+"""Service routes over conversations and their messages (Bearer key)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response, status
+
+from app.api.deps import (
+    SettingsDep,
+    StrictJSONRoute,
+    check_content_length,
+    check_exclusive_cursors,
+    error_responses,
+    require_service_key,
+)
+from app.api.sessions import IdempotencyKey, Limit, SeqCursor
+from app.db import SessionDep
+from app.repositories import conversations, messages
+from app.schemas import (
+    Conversation,
+    ConversationPage,
+    ConversationStatus,
+    ConversationStatusUpdate,
+    Message,
+    MessagePage,
+    ServiceMessageCreate,
+)
+
+router = APIRouter(
+    prefix="/conversations",
+    tags=["service"],
+    route_class=StrictJSONRoute,
+    dependencies=[Depends(require_service_key)],
+    responses=error_responses(401),
+)
+
+
+@router.post(
+    "/{conversation_id}/messages",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": Message, "description": "Idempotent replay of the original message"},
+        **error_responses(404, 409),
+    },
+    summary="Write a message (assistant replies)",
+)
+async def write_message(
+    db: SessionDep,
+    settings: SettingsDep,
+    conversation_id: uuid.UUID,
+    body: ServiceMessageCreate,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> Message:
+    """Append a `user` or `assistant` message, with the member route's rules."""
+    check_content_length(settings, body.content)
+    row, created = await messages.append(
+        db,
+        conversation_id=conversation_id,
+        role=body.role,
+        content=body.content,
+        idempotency_key=idempotency_key,
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return Message.model_validate(row)
+
+
+@router.get("", summary="List conversations by last activity")
+async def list_conversations(
+    db: SessionDep,
+    status: ConversationStatus | None = None,
+    user_id: uuid.UUID | None = None,
+    limit: Limit = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> ConversationPage:
+    """Newest activity first; pass `next_cursor` back as `cursor` for the next page."""
+    rows, next_cursor = await conversations.list_by_activity(
+        db, status=status, user_id=user_id, limit=limit, cursor=cursor
+    )
+    return ConversationPage(
+        items=[Conversation.model_validate(row) for row in rows], next_cursor=next_cursor
+    )
+
+
+@router.get("/{conversation_id}", responses=error_responses(404), summary="Read a conversation")
+async def read_conversation(db: SessionDep, conversation_id: uuid.UUID) -> Conversation:
+    """A conversation with its message count and last message time (never its session id)."""
+    return Conversation.model_validate(await conversations.get(db, conversation_id=conversation_id))
+
+
+@router.get(
+    "/{conversation_id}/messages",
+    responses=error_responses(404),
+    summary="Read a conversation's history",
+)
+async def read_messages(
+    db: SessionDep,
+    conversation_id: uuid.UUID,
+    limit: Limit = 50,
+    before: SeqCursor = None,
+    after: SeqCursor = None,
+) -> MessagePage:
+    """The member route's paging, for any conversation."""
+    check_exclusive_cursors(before, after)
+    items, has_more = await messages.page(
+        db, conversation_id=conversation_id, limit=limit, before=before, after=after
+    )
+    return MessagePage(items=[Message.model_validate(item) for item in items], has_more=has_more)
+
+
+@router.patch(
+    "/{conversation_id}", responses=error_responses(404), summary="Set a conversation's status"
+)
+async def update_conversation(
+    db: SessionDep, conversation_id: uuid.UUID, body: ConversationStatusUpdate
+) -> Conversation:
+    """Any of active, escalated, closed, archived; the same status changes nothing."""
+    row = await conversations.set_status(db, conversation_id=conversation_id, status=body.status)
+    return Conversation.model_validate(row)

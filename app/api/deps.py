@@ -1,0 +1,134 @@
+"""Dependencies shared by the routers: service-key auth, path and body checks, strict JSON."""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, HTTPException, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.errors import NotFound
+from app.schemas import SESSION_ID_PATTERN, ErrorBody
+from app.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="A service key from API_KEYS")
+_session_id = re.compile(SESSION_ID_PATTERN)
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def require_service_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Admit a request only with `Authorization: Bearer <one of API_KEYS>`."""
+    if credentials is None:
+        raise _unauthorized("Missing bearer token")
+    keys: list[bytes] = request.app.state.api_keys
+    presented = credentials.credentials.encode("utf-8", errors="replace")
+    # Compare against every key, always, so timing tells nothing about which was close.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key)
+    if not matched:
+        raise _unauthorized("Invalid bearer token")
+
+
+def session_id_path(
+    session_id: Annotated[str, Path(description="The member's session id")],
+) -> str:
+    """A session id from the path; one that could never exist is simply not found."""
+    if not _session_id.fullmatch(session_id):
+        raise NotFound("Session not found")
+    return session_id
+
+
+SessionIdDep = Annotated[str, Depends(session_id_path)]
+
+
+def check_content_length(settings: Settings, content: str, field: str = "content") -> None:
+    """Refuse content longer than MESSAGE_MAX_CHARS, as a validation error."""
+    if len(content) > settings.message_max_chars:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_too_long",
+                    "loc": ("body", field),
+                    "msg": f"must be at most {settings.message_max_chars} characters",
+                }
+            ]
+        )
+
+
+def check_exclusive_cursors(before: int | None, after: int | None) -> None:
+    """`before` and `after` page in opposite directions; both at once is a client error."""
+    if before is not None and after is not None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "before"),
+                    "msg": "give at most one of before, after",
+                }
+            ]
+        )
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error codes a route can answer."""
+    descriptions = {
+        401: "Missing or invalid service key",
+        404: "Unknown resource",
+        409: "The resource's state does not allow it",
+        413: "Body larger than 64 KB",
+        415: "Body is not JSON",
+        422: "Invalid input",
+        503: "Database unavailable",
+    }
+    return {
+        code: {"model": ErrorBody, "description": descriptions[code]} for code in (*codes, 422, 503)
+    }
+
+
+class StrictJSONRoute(APIRoute):
+    """Parses JSON bodies strictly (no NaN/Infinity, valid UTF-8, JSON content type)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def strict_handler(request: Request) -> Response:
+            body = await request.body()
+            if body:
+                content_type = request.headers.get("content-type", "")
+                media_type = content_type.split(";", 1)[0].strip().lower()
+                if media_type != "application/json" and not media_type.endswith("+json"):
+                    raise HTTPException(status_code=415, detail="Send the body as application/json")
+                try:
+                    # orjson refuses NaN, Infinity, invalid UTF-8 and lone surrogates.
+                    request._json = orjson.loads(body)
+                except orjson.JSONDecodeError:
+                    raise RequestValidationError(
+                        [{"type": "json_invalid", "loc": ("body",), "msg": "Invalid JSON"}]
+                    ) from None
+            return await handler(request)
+
+        return strict_handler

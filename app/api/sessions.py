@@ -1,0 +1,176 @@
+"""Member routes: the session id is the credential; no stored contact details ever leave."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from app.api.deps import (
+    SessionIdDep,
+    SettingsDep,
+    StrictJSONRoute,
+    check_content_length,
+    check_exclusive_cursors,
+    error_responses,
+)
+from app.db import SessionDep
+from app.repositories import conversations, escalations, messages, users
+from app.schemas import (
+    ContactUpdate,
+    EscalationCreate,
+    EscalationSummary,
+    EscalationSummaryList,
+    Message,
+    MessageCreate,
+    MessagePage,
+    Session,
+    SessionCreate,
+)
+
+router = APIRouter(prefix="/sessions", tags=["member"], route_class=StrictJSONRoute)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Retry-safe sends: a repeat with the same key and content returns the "
+        "original message with 200 and stores nothing.",
+    ),
+]
+Limit = Annotated[int, Query(ge=1, le=200, description="Page size")]
+SeqCursor = Annotated[int | None, Query(ge=0, le=2**63 - 1)]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": Session, "description": "The session already existed"}},
+    summary="Open a session (or resume one by id)",
+)
+async def open_session(
+    db: SessionDep, response: Response, body: SessionCreate | None = None
+) -> Session:
+    """Create an anonymous user and a conversation; an existing `session_id` → 200, unchanged."""
+    request = body or SessionCreate()
+    contact = {"name": request.name, "email": request.email, "phone": request.phone}
+    row, created = await conversations.open_session(
+        db, session_id=request.session_id, contact=contact
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return Session.model_validate(row)
+
+
+@router.get("/{session_id}", responses=error_responses(404), summary="Read a session")
+async def read_session(db: SessionDep, session_id: SessionIdDep) -> Session:
+    """The session's conversation and its status."""
+    return Session.model_validate(await conversations.get_session(db, session_id=session_id))
+
+
+@router.patch(
+    "/{session_id}/contact",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(404, 409),
+    summary="Leave or change contact details",
+)
+async def update_contact(db: SessionDep, session_id: SessionIdDep, body: ContactUpdate) -> None:
+    """Set any of name, email, phone (`null` clears). An email another member already
+    has moves this conversation to them without revealing or overwriting anything."""
+    conversation_id = await conversations.get_id_by_session(db, session_id=session_id)
+    await users.apply_contact(db, conversation_id=conversation_id, changes=body.changes())
+
+
+@router.post(
+    "/{session_id}/messages",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": Message, "description": "Idempotent replay of the original message"},
+        **error_responses(404, 409),
+    },
+    summary="Send a member message",
+)
+async def send_message(
+    db: SessionDep,
+    settings: SettingsDep,
+    session_id: SessionIdDep,
+    body: MessageCreate,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> Message:
+    """Append a `user` message. Archived conversations refuse new messages (409)."""
+    check_content_length(settings, body.content)
+    row, created = await messages.append(
+        db,
+        session_id=session_id,
+        role="user",
+        content=body.content,
+        idempotency_key=idempotency_key,
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return Message.model_validate(row)
+
+
+@router.get(
+    "/{session_id}/messages",
+    responses=error_responses(404),
+    summary="Read message history",
+)
+async def read_messages(
+    db: SessionDep,
+    session_id: SessionIdDep,
+    limit: Limit = 50,
+    before: SeqCursor = None,
+    after: SeqCursor = None,
+) -> MessagePage:
+    """Oldest first. No cursor: the latest `limit`; `before=S`: older than S; `after=S`: newer."""
+    check_exclusive_cursors(before, after)
+    items, has_more = await messages.page(
+        db, session_id=session_id, limit=limit, before=before, after=after
+    )
+    return MessagePage(items=[Message.model_validate(item) for item in items], has_more=has_more)
+
+
+@router.post(
+    "/{session_id}/escalations",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": EscalationSummary, "description": "The open escalation already existed"},
+        **error_responses(404, 409),
+    },
+    summary="Ask for a human",
+)
+async def escalate(
+    db: SessionDep,
+    settings: SettingsDep,
+    session_id: SessionIdDep,
+    body: EscalationCreate,
+    response: Response,
+) -> EscalationSummary:
+    """Hand the case to staff; the same unresolved issue type again returns the first (200)."""
+    check_content_length(settings, body.original_request, "original_request")
+    contact = body.contact_info.model_dump(exclude_none=True) if body.contact_info else None
+    escalation, created = await escalations.open_escalation(
+        db,
+        session_id=session_id,
+        issue_type=body.issue_type,
+        original_request=body.original_request,
+        contact_info=contact,
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return EscalationSummary.model_validate(escalation)
+
+
+@router.get(
+    "/{session_id}/escalations",
+    responses=error_responses(404),
+    summary="List this session's escalations",
+)
+async def list_escalations(db: SessionDep, session_id: SessionIdDep) -> EscalationSummaryList:
+    """Oldest first, without contact details."""
+    items = await escalations.list_for_session(db, session_id=session_id)
+    return EscalationSummaryList(items=[EscalationSummary.model_validate(item) for item in items])

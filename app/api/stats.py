@@ -1,0 +1,28 @@
+"""GET /stats: the setup guide's key metrics (Bearer key)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Depends, Request
+
+from app.api.deps import error_responses, require_service_key
+from app.db import SessionDep
+from app.repositories import stats
+from app.schemas import Stats
+
+router = APIRouter(
+    tags=["service"], dependencies=[Depends(require_service_key)], responses=error_responses(401)
+)
+
+
+@router.get("/stats", summary="Key metrics")
+async def read_stats(request: Request, db: SessionDep, since: datetime | None = None) -> Stats:
+    """Conversations, messages, escalations, escalation rate and response times over
+    records created at or after `since` (all time when absent); API counts of this process."""
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    collected = await stats.collect(db, since=since)
+    return Stats.model_validate(
+        {"since": since, **collected.as_dict(), "api": request.app.state.api_counters.as_dict()}
+    )

@@ -1,0 +1,247 @@
+"""The `member-support` command: serve, migrate, stats, archive, purge."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+from app.settings import ConfigError, Settings, load_settings
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+BATCH_SIZE = 1000
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port")
+    return value
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 timestamp") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, with a --help for every command."""
+    parser = argparse.ArgumentParser(
+        prog="member-support", description="Member Support Service: API server and ops tools."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the API (embedded PostgreSQL when DATABASE_URL is unset)",
+        description="Run the API with uvicorn. Without DATABASE_URL an embedded PostgreSQL is "
+        "started under .member-support/ and migrated; with it, nothing is migrated "
+        "(run `member-support migrate` or `alembic upgrade head`).",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    serve.add_argument("--workers", type=_port, default=1, help="worker processes (default 1)")
+
+    commands.add_parser(
+        "migrate",
+        help="upgrade the schema to Alembic head",
+        description="Upgrade the database (DATABASE_MIGRATION_URL, else DATABASE_URL) to head.",
+    )
+    stats = commands.add_parser(
+        "stats", help="print the key metrics", description="Print the /stats numbers as a table."
+    )
+    stats.add_argument("--since", type=_timestamp, help="count records created at or after this")
+
+    archive = commands.add_parser(
+        "archive",
+        help="archive conversations with no recent activity",
+        description="Set conversations with no activity for N days to `archived`, in batches.",
+    )
+    archive.add_argument("--inactive-days", type=_positive, required=True, metavar="N")
+
+    purge = commands.add_parser(
+        "purge",
+        help="delete archived conversations",
+        description="Delete archived conversations idle for N days, with their messages and "
+        "escalations, in batches.",
+    )
+    purge.add_argument("--archived-days", type=_positive, required=True, metavar="N")
+    purge.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `member-support` console script."""
+    arguments = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        _fail(str(error))
+    handlers: dict[str, Callable[[Settings, argparse.Namespace], None]] = {
+        "serve": _serve,
+        "migrate": _migrate,
+        "stats": lambda s, a: _run_database_command(_stats, s, a),
+        "archive": lambda s, a: _run_database_command(_archive, s, a),
+        "purge": lambda s, a: _run_database_command(_purge, s, a),
+    }
+    handlers[arguments.command](settings, arguments)
+
+
+def _serve(settings: Settings, arguments: argparse.Namespace) -> None:
+    import uvicorn
+
+    from app import embedded
+    from app.log import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    server = None
+    if settings.database_url is None:
+        server, url = embedded.start()
+        os.environ["DATABASE_URL"] = url
+        _migrate(load_settings(), arguments)
+    os.environ["WORKERS"] = str(arguments.workers)
+    host = f"[{arguments.host}]" if ":" in arguments.host else arguments.host
+    print(f"Member Support Service on http://{host}:{arguments.port} (API docs at /docs)")
+    try:
+        uvicorn.run(
+            "app.asgi:create",
+            factory=True,
+            host=arguments.host,
+            port=arguments.port,
+            workers=arguments.workers,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=30,
+            server_header=False,
+        )
+    finally:
+        if server is not None:
+            server.cleanup()
+
+
+def _migrate(settings: Settings, arguments: argparse.Namespace) -> None:
+    from app.errors import is_unavailable
+    from app.migrations import head_revision, upgrade_to_head
+
+    if settings.database_url is None and settings.database_migration_url is None:
+        _fail("DATABASE_URL is not set")
+    try:
+        upgrade_to_head()
+    except SystemExit:
+        raise
+    except Exception as error:
+        if is_unavailable(error):
+            _fail("database unreachable")
+        _fail(f"migration failed: {type(error).__name__}")
+    print(f"schema at {head_revision()} (head)")
+
+
+def _run_database_command(
+    command: Callable[[Any, argparse.Namespace], Awaitable[None]],
+    settings: Settings,
+    arguments: argparse.Namespace,
+) -> None:
+    from app.db import create_engine, create_sessionmaker
+    from app.errors import is_unavailable
+
+    if settings.database_url is None:
+        _fail("DATABASE_URL is not set")
+
+    async def run() -> None:
+        engine = create_engine(settings, pooled=False)
+        try:
+            await command(create_sessionmaker(engine, settings), arguments)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(run())
+    except Exception as error:
+        if is_unavailable(error):
+            _fail("database unreachable")
+        raise
+
+
+async def _stats(sessionmaker: Any, arguments: argparse.Namespace) -> None:
+    from app.repositories import stats
+
+    async with sessionmaker() as session, session.begin():
+        collected = (await stats.collect(session, since=arguments.since)).as_dict()
+    since = arguments.since.isoformat() if arguments.since else "all time"
+    print(f"since: {since}")
+    for line in _table(collected):
+        print(line)
+
+
+def _table(numbers: dict[str, Any], prefix: str = "") -> list[str]:
+    lines = []
+    for key, value in numbers.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            lines.extend(_table(value, f"{name}."))
+        elif isinstance(value, float):
+            lines.append(f"{name:<40} {value:.4f}")
+        else:
+            lines.append(f"{name:<40} {'-' if value is None else value}")
+    return lines
+
+
+async def _archive(sessionmaker: Any, arguments: argparse.Namespace) -> None:
+    from app.repositories import conversations
+
+    total = 0
+    while True:
+        # One short transaction per batch: no long lock on a big table.
+        async with sessionmaker() as session, session.begin():
+            done = await conversations.archive_inactive(
+                session, inactive_days=arguments.inactive_days, batch_size=BATCH_SIZE
+            )
+        total += done
+        if done < BATCH_SIZE:
+            break
+    print(f"archived {total} conversation(s)")
+
+
+async def _purge(sessionmaker: Any, arguments: argparse.Namespace) -> None:
+    from app.repositories import conversations
+
+    total = 0
+    while True:
+        async with sessionmaker() as session, session.begin():
+            done = await conversations.purge_archived(
+                session,
+                archived_days=arguments.archived_days,
+                batch_size=BATCH_SIZE,
+                dry_run=arguments.dry_run,
+            )
+        total += done
+        if arguments.dry_run or done < BATCH_SIZE:
+            break
+    verb = "would delete" if arguments.dry_run else "deleted"
+    print(f"{verb} {total} archived conversation(s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The async engine, the session factory and the per-request session dependency."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from app.settings import DatabaseTarget, Settings
+
+
+def _unique_statement_name() -> str:
+    # Transaction poolers hand one backend to many clients: names must never collide.
+    return f"__asyncpg_{uuid.uuid4().hex}__"
+
+
+def connect_args(settings: Settings, target: DatabaseTarget, *, pooled: bool) -> dict[str, Any]:
+    """asyncpg connect() arguments for a target, pooler-safe when the settings say so."""
+    args: dict[str, Any] = {"server_settings": {"application_name": "member-support"}}
+    if target.ssl is not None:
+        args["ssl"] = target.ssl
+    if settings.transaction_pooler:
+        args["statement_cache_size"] = 0
+        args["prepared_statement_cache_size"] = 0
+        args["prepared_statement_name_func"] = _unique_statement_name
+    elif pooled and settings.db_statement_timeout_ms:
+        # A start-up parameter costs nothing per request; poolers refuse it, so there
+        # the timeout is applied per transaction instead (see create_engine).
+        args["server_settings"]["statement_timeout"] = str(settings.db_statement_timeout_ms)
+    return args
+
+
+def create_engine(
+    settings: Settings, target: DatabaseTarget | None = None, *, pooled: bool = True
+) -> AsyncEngine:
+    """Build the service's engine; `pooled=False` gives a NullPool engine for one-off tools."""
+    target = target or settings.database
+    options: dict[str, Any] = {
+        "connect_args": connect_args(settings, target, pooled=pooled),
+        "pool_pre_ping": settings.db_pool_pre_ping,
+    }
+    if pooled:
+        options.update(
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout_s,
+            pool_recycle=settings.db_pool_recycle_s,
+        )
+    else:
+        options["poolclass"] = NullPool
+    return create_async_engine(target.url, **options)
+
+
+class _TimedSession(Session):
+    """A Session that applies the statement timeout inside every transaction it begins."""
+
+    statement_timeout_ms = 0
+
+
+@event.listens_for(_TimedSession, "after_begin")
+def _set_local_statement_timeout(session: Session, transaction: Any, connection: Any) -> None:
+    timeout = getattr(type(session), "statement_timeout_ms", 0)
+    connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout)}")
+
+
+def create_sessionmaker(
+    engine: AsyncEngine, settings: Settings | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded objects usable after commit (no implicit I/O).
+
+    Behind a transaction pooler the statement timeout cannot be a start-up parameter,
+    so each transaction sets it with SET LOCAL (never SET: it would leak to other clients).
+    """
+    options: dict[str, Any] = {"expire_on_commit": False, "autoflush": False}
+    if settings is not None and settings.transaction_pooler and settings.db_statement_timeout_ms:
+        options["sync_session_class"] = type(
+            "PoolerSession",
+            (_TimedSession,),
+            {"statement_timeout_ms": settings.db_statement_timeout_ms},
+        )
+    return async_sessionmaker(engine, **options)
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session and transaction per request, committed before the response is sent."""
+    factory: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with factory() as session, session.begin():
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+__all__ = ["Session", "SessionDep", "create_engine", "create_sessionmaker", "get_session"]

@@ -1,0 +1,159 @@
+"""Domain exceptions and their one mapping to HTTP responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+
+log = logging.getLogger("app.errors")
+
+
+class DomainError(Exception):
+    """Base of the errors repositories raise; the message is safe to show a client."""
+
+    status_code = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFound(DomainError):
+    status_code = 404
+
+
+class Conflict(DomainError):
+    status_code = 409
+
+
+class Unprocessable(DomainError):
+    """Well-formed input the current state refuses (e.g. an Idempotency-Key reused)."""
+
+    status_code = 422
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or did not answer in time."""
+
+
+# SQLSTATE classes that mean "the database is not there or not answering":
+# 08 connection exception, 53 insufficient resources, 57 operator intervention
+# (admin shutdown, query canceled by statement_timeout), 58 system error.
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57", "58")
+# Integrity violations that slipped past validation: unique → 409, foreign key → 404.
+_UNIQUE_VIOLATION = "23505"
+_FOREIGN_KEY_VIOLATION = "23503"
+_CHECK_VIOLATIONS = ("23514", "23502", "22001", "22021", "22P05", "22P02")
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    original = getattr(error, "orig", None)
+    for candidate in (original, getattr(original, "__cause__", None), error):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """True when an exception means the database is down, unreachable or overloaded."""
+    if isinstance(error, DatabaseUnavailable | TimeoutError | ConnectionError | OSError):
+        return True
+    if isinstance(error, sa_exc.TimeoutError):  # pool exhausted for DB_POOL_TIMEOUT_S
+        return True
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        code = _sqlstate(error)
+        if code is not None and code.startswith(_UNAVAILABLE_SQLSTATE_CLASSES):
+            return True
+        if isinstance(error, sa_exc.InterfaceError | sa_exc.OperationalError) and code is None:
+            return True
+    return isinstance(
+        error,
+        asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.TooManyConnectionsError,
+    )
+
+
+def _body(detail: Any) -> dict[str, Any]:
+    return {"detail": detail}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map domain errors, database failures and anything unexpected to HTTP, in one place."""
+
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, error: DomainError) -> JSONResponse:
+        return JSONResponse(_body(error.detail), status_code=error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
+        # The offending input is echoed by FastAPI's default; it may carry PII, so drop it.
+        errors = [
+            {key: value for key, value in item.items() if key in {"type", "loc", "msg"}}
+            for item in error.errors()
+        ]
+        return JSONResponse(_body(errors), status_code=422)
+
+    @app.exception_handler(sa_exc.SQLAlchemyError)
+    async def _database(request: Request, error: sa_exc.SQLAlchemyError) -> JSONResponse:
+        return database_error_response(request, error)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        if is_unavailable(error):
+            return _unavailable(request, error)
+        log.error(
+            "unhandled_error",
+            extra={"error_type": type(error).__name__, "path_template": _template(request)},
+            exc_info=error,
+        )
+        return JSONResponse(_body("Internal server error"), status_code=500)
+
+
+def database_error_response(request: Request, error: BaseException) -> JSONResponse:
+    """A database exception as the response the SPEC asks for."""
+    if is_unavailable(error):
+        return _unavailable(request, error)
+    code = _sqlstate(error)
+    if code == _UNIQUE_VIOLATION:
+        return JSONResponse(_body("Conflicts with an existing record"), status_code=409)
+    if code == _FOREIGN_KEY_VIOLATION:
+        return JSONResponse(_body("A referenced record does not exist"), status_code=404)
+    if code in _CHECK_VIOLATIONS:
+        return JSONResponse(_body("Value not accepted by the database"), status_code=422)
+    log.error(
+        "database_error",
+        extra={
+            "error_type": type(error).__name__,
+            "sqlstate": code,
+            "path_template": _template(request),
+        },
+    )
+    return JSONResponse(_body("Internal server error"), status_code=500)
+
+
+def _unavailable(request: Request, error: BaseException) -> JSONResponse:
+    log.warning(
+        "database_unavailable",
+        extra={"error_type": type(error).__name__, "path_template": _template(request)},
+    )
+    return JSONResponse(
+        _body("Database unavailable, try again shortly"),
+        status_code=503,
+        headers={"Retry-After": "2"},
+    )
+
+
+def _template(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")

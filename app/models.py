@@ -1,0 +1,156 @@
+"""The four ORM tables of SPEC §1, typed with SQLAlchemy 2 `Mapped[...]`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    FetchedValue,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# One naming convention for models and migrations, so autogenerate finds no drift.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+CONVERSATION_STATUSES = ("active", "escalated", "closed", "archived")
+ESCALATION_STATUSES = ("pending", "notified", "in_progress", "resolved")
+MESSAGE_ROLES = ("user", "assistant")
+
+
+def _in_list(column: str, values: tuple[str, ...]) -> str:
+    quoted = ", ".join(f"'{value}'" for value in values)
+    return f"{column} IN ({quoted})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _uuid_pk() -> Mapped[uuid.UUID]:
+    return mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+
+
+def _created_at() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=text("now()"))
+
+
+def _updated_at() -> Mapped[datetime]:
+    # The database trigger keeps it true; FetchedValue makes the ORM read it back.
+    return mapped_column(
+        DateTime(timezone=True), server_default=text("now()"), server_onupdate=FetchedValue()
+    )
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    email: Mapped[str | None] = mapped_column(String(255), unique=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    phone: Mapped[str | None] = mapped_column(String(50))
+    created_at: Mapped[datetime | None] = _created_at()
+    updated_at: Mapped[datetime | None] = _updated_at()
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    session_id: Mapped[str] = mapped_column(String(255), unique=True)
+    status: Mapped[str | None] = mapped_column(String(50), server_default=text("'active'"))
+    created_at: Mapped[datetime | None] = _created_at()
+    updated_at: Mapped[datetime | None] = _updated_at()
+
+    __table_args__ = (
+        CheckConstraint(_in_list("status", CONVERSATION_STATUSES), name="status"),
+        # Staff list and archiving walk conversations by last activity.
+        Index("ix_conversations_updated_at_id", "updated_at", "id"),
+        Index("ix_conversations_status_updated_at_id", "status", "updated_at", "id"),
+        # /stats windows conversations by creation time.
+        Index("ix_conversations_created_at", "created_at"),
+    )
+
+
+class Message(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    conversation_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    role: Mapped[str] = mapped_column(String(20))
+    content: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime | None] = _created_at()
+    # Assigned by a BEFORE INSERT trigger: per-conversation, gapless, in commit order.
+    seq: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue())
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+
+    __table_args__ = (
+        CheckConstraint(_in_list("role", MESSAGE_ROLES), name="role"),
+        # History paging; also serves the foreign key's cascade.
+        Index("uq_messages_conversation_id_seq", "conversation_id", "seq", unique=True),
+        Index(
+            "uq_messages_conversation_id_idempotency_key",
+            "conversation_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        Index("ix_messages_created_at", "created_at"),
+    )
+
+
+class Escalation(Base):
+    __tablename__ = "escalations"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    conversation_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    issue_type: Mapped[str] = mapped_column(String(50))
+    original_request: Mapped[str] = mapped_column(Text)
+    status: Mapped[str | None] = mapped_column(String(50), server_default=text("'pending'"))
+    contact_info: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    conversation_context: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime | None] = _created_at()
+    updated_at: Mapped[datetime | None] = _updated_at()
+
+    __table_args__ = (
+        CheckConstraint(_in_list("status", ESCALATION_STATUSES), name="status"),
+        # The member's list and the foreign key's cascade.
+        Index("ix_escalations_conversation_id_created_at", "conversation_id", "created_at"),
+        # At most one unresolved escalation per issue type and conversation.
+        Index(
+            "uq_escalations_conversation_id_issue_type_open",
+            "conversation_id",
+            "issue_type",
+            unique=True,
+            postgresql_where=text("status <> 'resolved'"),
+        ),
+        # The staff queue, oldest first, with and without a status filter; /stats windows.
+        Index("ix_escalations_status_created_at_id", "status", "created_at", "id"),
+        Index("ix_escalations_created_at_id", "created_at", "id"),
+    )

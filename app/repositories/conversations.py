@@ -1,0 +1,232 @@
+"""Conversations: sessions, the staff list by activity, status changes, archiving."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import uuid
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, delete, func, select, text, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import NotFound, Unprocessable
+from app.models import Conversation, Message
+from app.repositories import Record, users
+
+SESSION_COLUMNS = (
+    Conversation.session_id,
+    Conversation.id.label("conversation_id"),
+    Conversation.status,
+    Conversation.created_at,
+    Conversation.updated_at,
+    Conversation.user_id,
+)
+
+_message_stats = (
+    select(
+        func.count().label("message_count"),
+        func.max(Message.created_at).label("last_message_at"),
+    )
+    .where(Message.conversation_id == Conversation.id)
+    .lateral("message_stats")
+)
+
+SUMMARY_COLUMNS = (
+    Conversation.id,
+    Conversation.user_id,
+    Conversation.status,
+    Conversation.created_at,
+    Conversation.updated_at,
+    _message_stats.c.message_count,
+    _message_stats.c.last_message_at,
+)
+
+
+def new_session_id() -> str:
+    """A server-made session id: 256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+async def get_session(session: AsyncSession, *, session_id: str) -> Record:
+    """The member-facing view of a session; NotFound when the id is unknown."""
+    row = (
+        await session.execute(select(*SESSION_COLUMNS).where(Conversation.session_id == session_id))
+    ).one_or_none()
+    if row is None:
+        raise NotFound("Session not found")
+    return row
+
+
+async def get_id_by_session(session: AsyncSession, *, session_id: str) -> uuid.UUID:
+    """The conversation id behind a session id; NotFound when unknown."""
+    found = await session.scalar(
+        select(Conversation.id).where(Conversation.session_id == session_id)
+    )
+    if found is None:
+        raise NotFound("Session not found")
+    return found
+
+
+async def open_session(
+    session: AsyncSession, *, session_id: str | None, contact: dict[str, str | None]
+) -> tuple[Record, bool]:
+    """Create an anonymous user and a conversation, or return the existing session.
+
+    One statement inserts both, and ON CONFLICT makes concurrent creators of one
+    session id agree: the loser inserts nothing (not even its user) and reads the winner's.
+    """
+    if session_id is None:
+        session_id = new_session_id()
+    else:
+        existing = (
+            await session.execute(
+                select(*SESSION_COLUMNS).where(Conversation.session_id == session_id)
+            )
+        ).one_or_none()
+        if existing is not None:
+            return existing, False
+    user_id = uuid.uuid4()
+    row = (
+        await session.execute(
+            text(
+                """
+                WITH conversation AS (
+                    INSERT INTO conversations (user_id, session_id)
+                    VALUES (:user_id, :session_id)
+                    ON CONFLICT (session_id) DO NOTHING
+                    RETURNING session_id, id AS conversation_id, status, created_at,
+                              updated_at, user_id
+                ), anonymous_user AS (
+                    INSERT INTO users (id) SELECT user_id FROM conversation RETURNING id
+                )
+                SELECT * FROM conversation
+                """
+            ),
+            {"user_id": user_id, "session_id": session_id},
+        )
+    ).one_or_none()
+    if row is None:
+        return await get_session(session, session_id=session_id), False
+    if any(value is not None for value in contact.values()):
+        await users.apply_contact(session, conversation_id=row.conversation_id, changes=contact)
+    return row, True
+
+
+async def get(session: AsyncSession, *, conversation_id: uuid.UUID) -> Record:
+    """A conversation with its message count and last message time; NotFound if absent."""
+    row = (
+        await session.execute(select(*SUMMARY_COLUMNS).where(Conversation.id == conversation_id))
+    ).one_or_none()
+    if row is None:
+        raise NotFound("Conversation not found")
+    return row
+
+
+def encode_cursor(*parts: Any) -> str:
+    """An opaque keyset cursor."""
+    payload = orjson.dumps(
+        [part.isoformat() if isinstance(part, datetime) else str(part) for part in parts]
+    )
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The (timestamp, id) inside a cursor; Unprocessable when it was not made by us."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        moment, identifier = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        at = datetime.fromisoformat(moment)
+        if at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return at, uuid.UUID(identifier)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError, UnicodeEncodeError):
+        raise Unprocessable("Malformed cursor") from None
+
+
+async def list_by_activity(
+    session: AsyncSession,
+    *,
+    status: str | None,
+    user_id: uuid.UUID | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Record], str | None]:
+    """Conversations, most recently active first, one keyset page at a time."""
+    conditions = []
+    if status is not None:
+        conditions.append(Conversation.status == status)
+    if user_id is not None:
+        conditions.append(Conversation.user_id == user_id)
+    if cursor is not None:
+        at, last_id = decode_cursor(cursor)
+        conditions.append(tuple_(Conversation.updated_at, Conversation.id) < tuple_(at, last_id))
+    statement = (
+        select(*SUMMARY_COLUMNS)
+        .where(and_(True, *conditions))
+        .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+        .limit(limit + 1)
+    )
+    rows = list((await session.execute(statement)).all())
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].updated_at, rows[-1].id)
+    return rows, next_cursor
+
+
+async def set_status(session: AsyncSession, *, conversation_id: uuid.UUID, status: str) -> Record:
+    """Set a conversation's status (staff); the same status changes nothing."""
+    await session.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation_id, Conversation.status.is_distinct_from(status))
+        .values(status=status)
+    )
+    return await get(session, conversation_id=conversation_id)
+
+
+async def archive_inactive(session: AsyncSession, *, inactive_days: int, batch_size: int) -> int:
+    """Archive one batch of conversations idle for `inactive_days`; returns how many."""
+    cutoff = func.now() - func.make_interval(0, 0, 0, inactive_days)
+    batch = (
+        select(Conversation.id)
+        .where(Conversation.updated_at < cutoff, Conversation.status != "archived")
+        .order_by(Conversation.updated_at)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    result = await session.execute(
+        update(Conversation)
+        .where(Conversation.id.in_(batch))
+        .values(status="archived")
+        .returning(Conversation.id)
+    )
+    return len(result.scalars().all())
+
+
+async def purge_archived(
+    session: AsyncSession, *, archived_days: int, batch_size: int, dry_run: bool
+) -> int:
+    """Delete one batch of conversations archived and idle for `archived_days`."""
+    cutoff = func.now() - func.make_interval(0, 0, 0, archived_days)
+    condition = and_(Conversation.status == "archived", Conversation.updated_at < cutoff)
+    if dry_run:
+        return int(
+            await session.scalar(select(func.count()).select_from(Conversation).where(condition))
+            or 0
+        )
+    batch = (
+        select(Conversation.id)
+        .where(condition)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    result = await session.execute(
+        delete(Conversation).where(Conversation.id.in_(batch)).returning(Conversation.id)
+    )
+    return len(result.scalars().all())

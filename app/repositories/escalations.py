@@ -1,0 +1,214 @@
+"""Escalations: open (or return the open duplicate), the staff queue, status moves."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import and_, exists, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import Conflict, NotFound
+from app.models import Conversation, Escalation
+from app.repositories import messages, users
+from app.repositories.conversations import decode_cursor, encode_cursor
+
+CONTEXT_MESSAGES = 20
+CONTEXT_MAX_BYTES = 16 * 1024
+
+# Forward along pending → notified → in_progress → resolved (steps may be skipped),
+# and resolved → in_progress to reopen.
+ALLOWED_MOVES: dict[str, tuple[str, ...]] = {
+    "pending": ("notified", "in_progress", "resolved"),
+    "notified": ("in_progress", "resolved"),
+    "in_progress": ("resolved",),
+    "resolved": ("in_progress",),
+}
+
+
+def _sources_of(target: str) -> list[str]:
+    return [source for source, targets in ALLOWED_MOVES.items() if target in targets]
+
+
+async def _lock_conversation(
+    session: AsyncSession, *, session_id: str | None, conversation_id: uuid.UUID | None
+) -> Conversation:
+    match = (
+        Conversation.session_id == session_id
+        if session_id is not None
+        else Conversation.id == conversation_id
+    )
+    # FOR NO KEY UPDATE serialises escalation changes per conversation, so the
+    # conversation status effects below never race one another.
+    conversation = await session.scalar(
+        select(Conversation).where(match).with_for_update(key_share=True)
+    )
+    if conversation is None:
+        raise NotFound("Session not found" if session_id is not None else "Conversation not found")
+    return conversation
+
+
+async def open_escalation(
+    session: AsyncSession,
+    *,
+    session_id: str,
+    issue_type: str,
+    original_request: str,
+    contact_info: dict[str, Any] | None,
+) -> tuple[Escalation, bool]:
+    """Escalate a conversation, or return its unresolved escalation of the same issue type.
+
+    Returns (escalation, created). The conversation becomes `escalated`.
+    """
+    conversation = await _lock_conversation(session, session_id=session_id, conversation_id=None)
+    existing = await session.scalar(
+        select(Escalation).where(
+            Escalation.conversation_id == conversation.id,
+            Escalation.issue_type == issue_type,
+            Escalation.status != "resolved",
+        )
+    )
+    if existing is not None:
+        return existing, False
+    if conversation.status == "archived":
+        raise Conflict("The conversation is archived and cannot be escalated")
+    contact = await users.known_contact(session, user_id=conversation.user_id)
+    contact.update({key: value for key, value in (contact_info or {}).items() if value is not None})
+    context = await messages.recent_transcript(
+        session,
+        conversation_id=conversation.id,
+        messages=CONTEXT_MESSAGES,
+        max_bytes=CONTEXT_MAX_BYTES,
+    )
+    inserted = await session.scalar(
+        insert(Escalation)
+        .values(
+            conversation_id=conversation.id,
+            issue_type=issue_type,
+            original_request=original_request,
+            contact_info=contact or None,
+            conversation_context=context,
+        )
+        .on_conflict_do_nothing(
+            index_elements=["conversation_id", "issue_type"],
+            index_where=Escalation.status != "resolved",
+        )
+        .returning(Escalation)
+    )
+    if inserted is None:  # unreachable while the conversation lock is held; kept as a guard
+        raise Conflict("An open escalation of this issue type already exists")
+    await session.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation.id, Conversation.status != "escalated")
+        .values(status="escalated")
+    )
+    return inserted, True
+
+
+async def list_for_session(session: AsyncSession, *, session_id: str) -> list[Escalation]:
+    """A session's escalations, oldest first; NotFound when the session is unknown."""
+    conversation_id = await session.scalar(
+        select(Conversation.id).where(Conversation.session_id == session_id)
+    )
+    if conversation_id is None:
+        raise NotFound("Session not found")
+    result = await session.scalars(
+        select(Escalation)
+        .where(Escalation.conversation_id == conversation_id)
+        .order_by(Escalation.created_at, Escalation.id)
+    )
+    return list(result)
+
+
+async def get(session: AsyncSession, *, escalation_id: uuid.UUID) -> Escalation:
+    """An escalation by id; NotFound when absent."""
+    escalation = await session.get(Escalation, escalation_id)
+    if escalation is None:
+        raise NotFound("Escalation not found")
+    return escalation
+
+
+async def list_queue(
+    session: AsyncSession,
+    *,
+    status: str | None,
+    issue_type: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Escalation], str | None]:
+    """The staff work queue, oldest first, one keyset page at a time."""
+    conditions = []
+    if status is not None:
+        conditions.append(Escalation.status == status)
+    if issue_type is not None:
+        conditions.append(Escalation.issue_type == issue_type)
+    if cursor is not None:
+        at, last_id = decode_cursor(cursor)
+        conditions.append(tuple_(Escalation.created_at, Escalation.id) > tuple_(at, last_id))
+    rows = list(
+        await session.scalars(
+            select(Escalation)
+            .where(and_(True, *conditions))
+            .order_by(Escalation.created_at, Escalation.id)
+            .limit(limit + 1)
+        )
+    )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        next_cursor = encode_cursor(last.created_at, last.id)
+    return rows, next_cursor
+
+
+async def transition(session: AsyncSession, *, escalation_id: uuid.UUID, status: str) -> Escalation:
+    """Move an escalation to `status` as a compare-and-set, with the conversation effects.
+
+    The same status is a no-op (nothing changes, not even updated_at); an illegal
+    move is a Conflict naming the allowed ones. Resolving a conversation's last open
+    escalation makes it `active`; reopening makes it `escalated` again.
+    """
+    conversation_id = await session.scalar(
+        select(Escalation.conversation_id).where(Escalation.id == escalation_id)
+    )
+    if conversation_id is None:
+        raise NotFound("Escalation not found")
+    await _lock_conversation(session, session_id=None, conversation_id=conversation_id)
+    # Read after taking the lock: every status move holds it, so this is current.
+    previous = await session.scalar(select(Escalation.status).where(Escalation.id == escalation_id))
+    if previous == status:
+        return await get(session, escalation_id=escalation_id)
+    moved = await session.scalar(
+        update(Escalation)
+        .where(Escalation.id == escalation_id, Escalation.status.in_(_sources_of(status)))
+        .values(status=status)
+        .returning(Escalation)
+        .execution_options(populate_existing=True)
+    )
+    if moved is None:
+        allowed = ", ".join(ALLOWED_MOVES.get(previous or "", ())) or "none"
+        raise Conflict(f"Cannot move an escalation from {previous} to {status}; allowed: {allowed}")
+    if status == "resolved":
+        still_open = exists().where(
+            Escalation.conversation_id == conversation_id, Escalation.status != "resolved"
+        )
+        await session.execute(
+            update(Conversation)
+            .where(
+                Conversation.id == conversation_id,
+                Conversation.status == "escalated",
+                ~still_open,
+            )
+            .values(status="active")
+        )
+    elif previous == "resolved":
+        await session.execute(
+            update(Conversation)
+            .where(
+                Conversation.id == conversation_id,
+                Conversation.status.in_(("active", "closed")),
+            )
+            .values(status="escalated")
+        )
+    return moved

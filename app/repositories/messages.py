@@ -1,0 +1,179 @@
+"""Messages: append with seq and idempotency keys, and history pages by seq."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import Conflict, NotFound, Unprocessable
+from app.models import Message
+from app.repositories import Record
+
+MESSAGE_COLUMNS = "id, conversation_id, seq, role, content, created_at"
+
+# One round trip: lock the conversation (inserts into it queue here; the seq trigger
+# relies on it), refuse archived ones, and insert unless the idempotency key was seen.
+_APPEND = """
+WITH conversation AS (
+    SELECT id, status FROM conversations WHERE {match} FOR NO KEY UPDATE
+), inserted AS (
+    INSERT INTO messages (conversation_id, role, content, idempotency_key)
+    SELECT id, :role, :content, :idempotency_key FROM conversation
+    WHERE status <> 'archived'
+    ON CONFLICT (conversation_id, idempotency_key) WHERE idempotency_key IS NOT NULL
+    DO NOTHING
+    RETURNING {columns}
+)
+SELECT conversation.id AS found_conversation_id, conversation.status AS conversation_status,
+       inserted.*
+FROM conversation LEFT JOIN inserted ON true
+"""
+APPEND_BY_SESSION = text(_APPEND.format(match="session_id = :key", columns=MESSAGE_COLUMNS))
+APPEND_BY_ID = text(_APPEND.format(match="id = :key", columns=MESSAGE_COLUMNS))
+
+
+async def append(
+    session: AsyncSession,
+    *,
+    role: str,
+    content: str,
+    idempotency_key: str | None = None,
+    session_id: str | None = None,
+    conversation_id: uuid.UUID | None = None,
+) -> tuple[Record, bool]:
+    """Append a message to a conversation (by session id or id); returns (message, created).
+
+    A repeated Idempotency-Key with the same role and content returns the original
+    message and stores nothing; with anything else it is Unprocessable.
+    """
+    if (session_id is None) == (conversation_id is None):
+        raise ValueError("give exactly one of session_id, conversation_id")
+    statement = APPEND_BY_SESSION if session_id is not None else APPEND_BY_ID
+    row = (
+        await session.execute(
+            statement,
+            {
+                "key": session_id if session_id is not None else conversation_id,
+                "role": role,
+                "content": content,
+                "idempotency_key": idempotency_key,
+            },
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound("Session not found" if session_id is not None else "Conversation not found")
+    if row.id is not None:
+        return row, True
+    if idempotency_key is not None:
+        original = (
+            await session.execute(
+                select(
+                    Message.id,
+                    Message.conversation_id,
+                    Message.seq,
+                    Message.role,
+                    Message.content,
+                    Message.created_at,
+                ).where(
+                    Message.conversation_id == row.found_conversation_id,
+                    Message.idempotency_key == idempotency_key,
+                )
+            )
+        ).one_or_none()
+        if original is not None:
+            if original.role != role or original.content != content:
+                raise Unprocessable("Idempotency-Key was already used for a different message")
+            return original, False
+    raise Conflict("The conversation is archived and accepts no new messages")
+
+
+_PAGE_BASE = """
+SELECT conversation.id AS found_conversation_id, page.*
+FROM conversations AS conversation
+LEFT JOIN LATERAL (
+    SELECT {columns} FROM messages
+    WHERE conversation_id = conversation.id {bound}
+    ORDER BY seq {direction}
+    LIMIT :limit
+) AS page ON true
+WHERE conversation.{match}
+"""
+
+
+def _page_statement(match: str, mode: Literal["latest", "before", "after"]) -> Any:
+    bound = {"latest": "", "before": "AND seq < :cursor", "after": "AND seq > :cursor"}[mode]
+    direction = "ASC" if mode == "after" else "DESC"
+    return text(
+        _PAGE_BASE.format(columns=MESSAGE_COLUMNS, bound=bound, direction=direction, match=match)
+    )
+
+
+_PAGE_STATEMENTS = {
+    (match_name, mode): _page_statement(match, mode)
+    for match_name, match in (("session", "session_id = :key"), ("id", "id = :key"))
+    for mode in ("latest", "before", "after")
+}
+
+
+async def page(
+    session: AsyncSession,
+    *,
+    limit: int,
+    before: int | None = None,
+    after: int | None = None,
+    session_id: str | None = None,
+    conversation_id: uuid.UUID | None = None,
+) -> tuple[list[Record], bool]:
+    """A page of history, oldest first, and whether more exist in the paging direction.
+
+    No cursor: the latest `limit`; `before`: the latest `limit` with seq < before;
+    `after`: the first `limit` with seq > after.
+    """
+    if before is not None and after is not None:
+        raise ValueError("before and after are exclusive")
+    mode: Literal["latest", "before", "after"] = (
+        "before" if before is not None else "after" if after is not None else "latest"
+    )
+    statement = _PAGE_STATEMENTS[("session" if session_id is not None else "id", mode)]
+    rows = (
+        await session.execute(
+            statement,
+            {
+                "key": session_id if session_id is not None else conversation_id,
+                "limit": limit + 1,
+                "cursor": before if before is not None else after,
+            },
+        )
+    ).all()
+    if not rows:
+        raise NotFound("Session not found" if session_id is not None else "Conversation not found")
+    items = [row for row in rows if row.id is not None]
+    has_more = len(items) > limit
+    items = items[:limit]
+    if mode != "after":
+        items.reverse()
+    return items, has_more
+
+
+async def recent_transcript(
+    session: AsyncSession, *, conversation_id: uuid.UUID, messages: int, max_bytes: int
+) -> str:
+    """The last `messages` messages as 'role: content' lines, oldest first, cut to
+    `max_bytes` of UTF-8 by dropping the oldest text first."""
+    rows = (
+        await session.execute(
+            select(Message.role, Message.content)
+            .where(Message.conversation_id == conversation_id)
+            .order_by(Message.seq.desc())
+            .limit(messages)
+        )
+    ).all()
+    transcript = "\n".join(f"{row.role}: {row.content}" for row in reversed(rows))
+    encoded = transcript.encode()
+    if len(encoded) <= max_bytes:
+        return transcript
+    # Keep the newest bytes; a character split at the cut is dropped whole.
+    return encoded[-max_bytes:].decode("utf-8", errors="ignore")

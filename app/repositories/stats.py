@@ -1,0 +1,146 @@
+"""The key metrics of the setup guide, counted in SQL over records created since a moment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import CONVERSATION_STATUSES, ESCALATION_STATUSES
+
+# Each query is windowed by an indexed created_at, so a `since` of a day costs a day's
+# rows however large the tables grow. Two variants of each (with and without the
+# window) rather than `:since IS NULL OR ...`, which a generic plan cannot index.
+_CONVERSATIONS = """
+    SELECT status, count(*) AS n FROM conversations
+    WHERE {window}
+    GROUP BY status
+    """
+_MESSAGES = """
+    SELECT role, count(*) AS n FROM messages
+    WHERE {window}
+    GROUP BY role
+    """
+_ESCALATIONS = """
+    SELECT status, issue_type, count(*) AS n FROM escalations
+    WHERE {window}
+    GROUP BY status, issue_type
+    """
+_ESCALATED_CONVERSATIONS = """
+    SELECT count(*) FROM conversations AS c
+    WHERE {c_window}
+      AND EXISTS (SELECT 1 FROM escalations AS e WHERE e.conversation_id = c.id)
+    """
+# A user message's response time: until the next assistant message of its conversation.
+_RESPONSE_TIMES = """
+    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS p50,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY seconds) AS p95
+    FROM (
+        SELECT extract(epoch FROM reply.created_at - asked.created_at)::float8 AS seconds
+        FROM messages AS asked
+        CROSS JOIN LATERAL (
+            SELECT created_at FROM messages AS answer
+            WHERE answer.conversation_id = asked.conversation_id
+              AND answer.seq > asked.seq AND answer.role = 'assistant'
+            ORDER BY answer.seq
+            LIMIT 1
+        ) AS reply
+        WHERE asked.role = 'user'
+          AND {asked_window}
+    ) AS response
+    """
+
+
+_QUERIES = {
+    name: query
+    for name, query in (
+        ("conversations", _CONVERSATIONS),
+        ("messages", _MESSAGES),
+        ("escalations", _ESCALATIONS),
+        ("escalated_conversations", _ESCALATED_CONVERSATIONS),
+        ("response_times", _RESPONSE_TIMES),
+    )
+}
+
+
+def _variant(windowed: bool) -> dict[str, Any]:
+    def window(column: str) -> str:
+        return f"{column} >= :since" if windowed else "true"
+
+    return {
+        name: text(
+            query.format(
+                window=window("created_at"),
+                c_window=window("c.created_at"),
+                asked_window=window("asked.created_at"),
+            )
+        )
+        for name, query in _QUERIES.items()
+    }
+
+
+_WINDOWED = _variant(True)
+_ALL_TIME = _variant(False)
+
+
+@dataclass(frozen=True)
+class DatabaseStats:
+    conversations: dict[str, int]
+    messages: dict[str, int]
+    escalations_by_status: dict[str, int]
+    escalations_by_issue_type: dict[str, int]
+    escalated_conversations: int
+    response_p50: float | None
+    response_p95: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The database half of the /stats body."""
+        conversations_total = sum(self.conversations.values())
+        return {
+            "conversations": {"total": conversations_total, **self.conversations},
+            "messages": {"total": sum(self.messages.values()), **self.messages},
+            "escalations": {
+                "total": sum(self.escalations_by_status.values()),
+                "by_status": self.escalations_by_status,
+                "by_issue_type": self.escalations_by_issue_type,
+            },
+            "escalation_rate": (
+                self.escalated_conversations / conversations_total if conversations_total else 0.0
+            ),
+            "response_time_seconds": {"p50": self.response_p50, "p95": self.response_p95},
+        }
+
+
+async def collect(session: AsyncSession, *, since: datetime | None) -> DatabaseStats:
+    """Count conversations, messages and escalations created at or after `since`."""
+    parameters = {"since": since}
+    queries = _WINDOWED if since is not None else _ALL_TIME
+    conversations = dict.fromkeys(CONVERSATION_STATUSES, 0)
+    for status, count in (await session.execute(queries["conversations"], parameters)).all():
+        if status in conversations:
+            conversations[status] = count
+    messages = {"user": 0, "assistant": 0}
+    for role, count in (await session.execute(queries["messages"], parameters)).all():
+        messages[role] = count
+    by_status = dict.fromkeys(ESCALATION_STATUSES, 0)
+    by_issue_type: dict[str, int] = {}
+    for status, issue_type, count in (
+        await session.execute(queries["escalations"], parameters)
+    ).all():
+        if status in by_status:
+            by_status[status] += count
+        by_issue_type[issue_type] = by_issue_type.get(issue_type, 0) + count
+    escalated = int(await session.scalar(queries["escalated_conversations"], parameters) or 0)
+    times = (await session.execute(queries["response_times"], parameters)).one()
+    return DatabaseStats(
+        conversations=conversations,
+        messages=messages,
+        escalations_by_status=by_status,
+        escalations_by_issue_type=by_issue_type,
+        escalated_conversations=escalated,
+        response_p50=times.p50,
+        response_p95=times.p95,
+    )

@@ -1,0 +1,315 @@
+"""Pydantic request and response models of SPEC §3."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{16,255}$"
+ISSUE_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,49}$"
+CONTACT_INFO_MAX_BYTES = 4096
+
+ConversationStatus = Literal["active", "escalated", "closed", "archived"]
+EscalationStatus = Literal["pending", "notified", "in_progress", "resolved"]
+Role = Literal["user", "assistant"]
+
+
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(key) or _contains_nul(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(_contains_nul(item) for item in value)
+    return False
+
+
+class ApiModel(BaseModel):
+    """The one base of every body: reads ORM rows, refuses NUL bytes PostgreSQL cannot store."""
+
+    model_config = ConfigDict(from_attributes=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if _contains_nul(value):
+            raise ValueError("must not contain NUL characters")
+        return value
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+# ISO 8601 with an explicit offset ("+00:00"), not pydantic's "Z".
+Timestamp = Annotated[datetime, PlainSerializer(_iso, return_type=str)]
+
+
+def _normalise_email(value: str) -> str:
+    text = value.strip().lower()
+    try:
+        result = validate_email(text, check_deliverability=False)
+    except EmailNotValidError:
+        raise ValueError("not a valid email address") from None
+    return result.normalized.lower()
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+def _strip(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+Email = Annotated[
+    str, BeforeValidator(_strip), Field(max_length=255), AfterValidator(_normalise_email)
+]
+Name = Annotated[str, BeforeValidator(_strip), Field(min_length=1, max_length=255)]
+Phone = Annotated[
+    str,
+    BeforeValidator(_strip),
+    Field(min_length=3, max_length=50, pattern=r"^[0-9+()./ \-xX#*,;]+$"),
+]
+NonBlankText = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
+
+
+# --- members ---------------------------------------------------------------------------
+
+
+class SessionCreate(ApiModel):
+    session_id: Annotated[str, Field(pattern=SESSION_ID_PATTERN)] | None = Field(
+        default=None,
+        description="Bring your own id (16-255 of A-Z a-z 0-9 _ -); omitted: the server makes one.",
+    )
+    name: Name | None = None
+    email: Email | None = None
+    phone: Phone | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "Ada", "email": "ada@example.org"}]}
+    )
+
+
+class Session(ApiModel):
+    session_id: str
+    conversation_id: uuid.UUID
+    status: ConversationStatus
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class ContactUpdate(ApiModel):
+    """Any of name, email, phone; `null` clears the field."""
+
+    name: Name | None = None
+    email: Email | None = None
+    phone: Phone | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"email": "ada@example.org", "phone": "+1 555 0100"}]}
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> ContactUpdate:
+        if not self.model_fields_set:
+            raise ValueError("give at least one of name, email, phone")
+        return self
+
+    def changes(self) -> dict[str, str | None]:
+        """Only the fields the client sent; None means clear."""
+        return {name: getattr(self, name) for name in sorted(self.model_fields_set)}
+
+
+class MessageCreate(ApiModel):
+    content: NonBlankText = Field(description="1 to MESSAGE_MAX_CHARS characters, not blank")
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"content": "How do I raise my card limit?"}]}
+    )
+
+
+class ServiceMessageCreate(ApiModel):
+    role: Role
+    content: NonBlankText
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"role": "assistant", "content": "You can ask in the app."}]
+        }
+    )
+
+
+class Message(ApiModel):
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    seq: int
+    role: Role
+    content: str
+    created_at: Timestamp
+
+
+class MessagePage(ApiModel):
+    items: list[Message]
+    has_more: bool
+
+
+class ContactInfo(ApiModel):
+    name: Name | None = None
+    email: Email | None = None
+    phone: Phone | None = None
+    preferred_channel: Annotated[str, Field(min_length=1, max_length=50)] | None = None
+
+
+class EscalationCreate(ApiModel):
+    issue_type: Annotated[str, Field(pattern=ISSUE_TYPE_PATTERN)]
+    original_request: NonBlankText
+    contact_info: ContactInfo | None = Field(default=None, description="At most 4 KB as UTF-8 JSON")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "issue_type": "loan",
+                    "original_request": "I want to talk to someone about refinancing.",
+                    "contact_info": {"phone": "+1 555 0100", "preferred_channel": "phone"},
+                }
+            ]
+        }
+    )
+
+    @field_validator("contact_info", mode="before")
+    @classmethod
+    def _contact_info_size(cls, value: Any) -> Any:
+        if value is not None:
+            try:
+                size = len(orjson.dumps(value))
+            except TypeError:
+                return value  # not JSON-shaped: the model's own validation refuses it
+            if size > CONTACT_INFO_MAX_BYTES:
+                raise ValueError(f"contact_info is larger than {CONTACT_INFO_MAX_BYTES} bytes")
+        return value
+
+
+class EscalationSummary(ApiModel):
+    id: uuid.UUID
+    issue_type: str
+    status: EscalationStatus
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class EscalationSummaryList(ApiModel):
+    items: list[EscalationSummary]
+
+
+# --- service ---------------------------------------------------------------------------
+
+
+class Conversation(ApiModel):
+    id: uuid.UUID
+    user_id: uuid.UUID | None
+    status: ConversationStatus
+    created_at: Timestamp
+    updated_at: Timestamp
+    message_count: int
+    last_message_at: Timestamp | None
+
+
+class ConversationPage(ApiModel):
+    items: list[Conversation]
+    next_cursor: str | None
+
+
+class ConversationStatusUpdate(ApiModel):
+    status: ConversationStatus
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "closed"}]})
+
+
+class User(ApiModel):
+    id: uuid.UUID
+    email: str | None
+    name: str | None
+    phone: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class Escalation(EscalationSummary):
+    conversation_id: uuid.UUID
+    original_request: str
+    contact_info: dict[str, Any] | None
+    conversation_context: str | None
+
+
+class EscalationPage(ApiModel):
+    items: list[Escalation]
+    next_cursor: str | None
+
+
+class EscalationStatusUpdate(ApiModel):
+    status: EscalationStatus
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "in_progress"}]})
+
+
+class ConversationCounts(ApiModel):
+    total: int
+    active: int
+    escalated: int
+    closed: int
+    archived: int
+
+
+class MessageCounts(ApiModel):
+    total: int
+    user: int
+    assistant: int
+
+
+class EscalationCounts(ApiModel):
+    total: int
+    by_status: dict[str, int]
+    by_issue_type: dict[str, int]
+
+
+class ResponseTimes(ApiModel):
+    p50: float | None
+    p95: float | None
+
+
+class ApiCounts(ApiModel):
+    requests: int
+    errors_5xx: int
+    error_rate: float
+
+
+class Stats(ApiModel):
+    since: Timestamp | None
+    conversations: ConversationCounts
+    messages: MessageCounts
+    escalations: EscalationCounts
+    escalation_rate: float
+    response_time_seconds: ResponseTimes
+    api: ApiCounts
+
+
+class ErrorBody(BaseModel):
+    detail: Any = Field(description="What was wrong: a sentence, or a list of field errors")

@@ -1,0 +1,204 @@
+"""Settings read once from the environment (or `.env`), and DATABASE_URL normalisation."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+PoolerMode = Literal["auto", "transaction", "direct"]
+
+SUPABASE_POOLER_PORT = 6543
+# libpq sslmode names that asyncpg's `ssl` argument understands as they are.
+SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+# Query parameters we translate; anything else is refused rather than passed to asyncpg,
+# which would fail later with an obscure TypeError.
+KNOWN_QUERY_PARAMETERS = {"sslmode", "ssl", "pgbouncer", "sslrootcert", "host"}
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message is one line, safe to print."""
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """A DATABASE_URL translated for SQLAlchemy + asyncpg."""
+
+    url: URL
+    ssl: str | ssl.SSLContext | None = None
+    pgbouncer: bool = False
+
+    @property
+    def looks_like_pooler(self) -> bool:
+        """True for a transaction pooler URL (port 6543, Supavisor host, pgbouncer=true)."""
+        host = self.url.host or ""
+        return (
+            self.pgbouncer
+            or self.url.port == SUPABASE_POOLER_PORT
+            or host.endswith("pooler.supabase.com")
+        )
+
+    def redacted(self) -> str:
+        """The URL with its password hidden, for logs."""
+        return self.url.render_as_string(hide_password=True)
+
+
+def parse_database_url(raw: str, variable: str = "DATABASE_URL") -> DatabaseTarget:
+    """Translate a Postgres URL as Supabase shows it into an asyncpg SQLAlchemy URL."""
+    text = raw.strip()
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        raise ConfigError(f"{variable}: not a URL (expected postgresql://user:pass@host/db)")
+    scheme = scheme.lower()
+    if scheme not in {"postgres", "postgresql", "postgresql+asyncpg"}:
+        raise ConfigError(
+            f"{variable}: unsupported scheme {scheme!r} (use postgresql:// or postgres://)"
+        )
+    try:
+        # make_url percent-decodes the password (`%25` included) exactly once.
+        url = make_url(f"postgresql+asyncpg://{rest}")
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"{variable}: cannot be parsed as a Postgres URL") from None
+    if not url.host and not url.query.get("host"):
+        raise ConfigError(f"{variable}: the URL names no host")
+    if not url.database:
+        raise ConfigError(f"{variable}: the URL names no database")
+
+    query = dict(url.query)
+    unknown = sorted(set(query) - KNOWN_QUERY_PARAMETERS)
+    if unknown:
+        raise ConfigError(f"{variable}: unsupported query parameter {unknown[0]!r}")
+
+    def single(name: str) -> str | None:
+        value = query.get(name)
+        if isinstance(value, tuple):
+            raise ConfigError(f"{variable}: query parameter {name!r} given more than once")
+        return value
+
+    ssl_value: str | ssl.SSLContext | None = None
+    mode = single("sslmode") or single("ssl")
+    if mode is not None:
+        if mode not in SSL_MODES:
+            raise ConfigError(f"{variable}: sslmode={mode!r} is not one of {sorted(SSL_MODES)}")
+        ssl_value = mode
+    root_cert = single("sslrootcert")
+    if root_cert is not None:
+        if mode not in {"verify-ca", "verify-full"}:
+            raise ConfigError(f"{variable}: sslrootcert needs sslmode=verify-ca or verify-full")
+        context = ssl.create_default_context(cafile=root_cert)
+        context.check_hostname = mode == "verify-full"
+        ssl_value = context
+
+    pgbouncer_raw = single("pgbouncer")
+    if pgbouncer_raw is not None and pgbouncer_raw.lower() not in {"true", "false", "1", "0"}:
+        raise ConfigError(f"{variable}: pgbouncer must be true or false")
+    pgbouncer = pgbouncer_raw is not None and pgbouncer_raw.lower() in {"true", "1"}
+
+    # Only `host` (a Unix socket directory) stays: the asyncpg dialect understands it.
+    clean = url.set(query={name: value for name, value in query.items() if name == "host"})
+    return DatabaseTarget(url=clean, ssl=ssl_value, pgbouncer=pgbouncer)
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the service (SPEC §2)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    database_url: SecretStr | None = None
+    database_migration_url: SecretStr | None = None
+    db_pooler: PoolerMode = "auto"
+    db_pool_size: int = Field(default=10, ge=1, le=1000)
+    db_max_overflow: int = Field(default=10, ge=0, le=1000)
+    db_pool_timeout_s: float = Field(default=5, gt=0, le=600)
+    db_statement_timeout_ms: int = Field(default=5000, ge=0, le=3_600_000)
+    db_pool_recycle_s: int = Field(default=1800, ge=-1)
+    db_pool_pre_ping: bool = True
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    message_max_chars: int = Field(default=8000, ge=1, le=1_000_000)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "console"] = "console"
+    workers: int = Field(default=1, ge=1, le=256)
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url", "database_migration_url")
+    @classmethod
+    def _valid_url(cls, value: SecretStr | None, info: Any) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parse_database_url(value.get_secret_value(), info.field_name.upper())
+        return value
+
+    @property
+    def database(self) -> DatabaseTarget:
+        """The service's database; requires DATABASE_URL to be set."""
+        if self.database_url is None:
+            raise ConfigError("DATABASE_URL is not set")
+        return parse_database_url(self.database_url.get_secret_value())
+
+    @property
+    def migration_database(self) -> DatabaseTarget:
+        """The URL Alembic uses: DATABASE_MIGRATION_URL, else DATABASE_URL."""
+        if self.database_migration_url is not None:
+            return parse_database_url(
+                self.database_migration_url.get_secret_value(), "DATABASE_MIGRATION_URL"
+            )
+        return self.database
+
+    @property
+    def transaction_pooler(self) -> bool:
+        """Whether the pooler-safe connection mode applies."""
+        if self.db_pooler == "transaction":
+            return True
+        if self.db_pooler == "direct":
+            return False
+        return self.database_url is not None and self.database.looks_like_pooler
+
+    @property
+    def api_key_values(self) -> list[bytes]:
+        """The configured service keys as bytes, for constant-time comparison."""
+        return [key.get_secret_value().encode() for key in self.api_keys]
+
+    @property
+    def connection_budget(self) -> int:
+        """The most connections this deployment can open (SPEC §2)."""
+        return self.workers * (self.db_pool_size + self.db_max_overflow)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read Settings, turning any validation failure into one ConfigError line."""
+    try:
+        return Settings(**overrides)
+    except ConfigError:
+        raise
+    except ValidationError as error:
+        first = error.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+        message = str(first["msg"])
+        # Pydantic wraps our ConfigError as "Value error, <msg>"; keep only the msg.
+        message = message.removeprefix("Value error, ")
+        if message.startswith(name):
+            raise ConfigError(message) from None
+        raise ConfigError(f"{name}: {message}") from None
