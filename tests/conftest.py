@@ -1,0 +1,235 @@
+"""Test database choice, the migrated schema, and per-test isolation.
+
+Database, in order: TEST_DATABASE_URL; a testcontainers PostgreSQL when a Docker
+engine answers; an embedded PostgreSQL (pgserver). On that server each run makes a
+fresh database, builds it with `alembic upgrade head`, and drops it at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import tempfile
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from app.db import create_engine, get_session
+from app.main import create_app
+from app.migrations import upgrade_to_head
+from app.settings import Settings
+
+SERVICE_KEY = "test-service-key-0123456789"
+TABLES = "users, conversations, messages, escalations"
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=2)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def _server_url() -> Iterator[str]:
+    """A URL of a PostgreSQL server we may create databases on."""
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:15-alpine", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        directory = Path(tempfile.mkdtemp(prefix="member-support-test-"))
+        server = pgserver.get_server(directory / "pgdata", cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+def _asyncpg_dsn(url: str) -> str:
+    parsed = make_url(url).set(drivername="postgresql")
+    return parsed.render_as_string(hide_password=False)
+
+
+async def _admin(url: str, statement: str) -> None:
+    connection = await asyncpg.connect(_asyncpg_dsn(url))
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """Create an empty database on the server, drop it afterwards."""
+    name = f"member_support_test_{secrets.token_hex(4)}"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield with_database(server_url, name)
+    finally:
+        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """The PostgreSQL server the tests use."""
+    with _server_url() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A fresh database migrated to head by Alembic (sync: env.py runs its own loop)."""
+    with fresh_database(server_url) as url:
+        upgrade_to_head(url)
+        yield url
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    """Settings for tests: the test database, one service key, nothing from the machine."""
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "api_keys": SERVICE_KEY,
+        "db_pooler": os.environ.get("TEST_DB_POOLER", "auto"),
+        "_env_file": None,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture(scope="session")
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(settings)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection inside an outer transaction that is rolled back after the test."""
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        try:
+            yield connection
+        finally:
+            if transaction.is_active:
+                await transaction.rollback()
+
+
+def _joined_session(connection: AsyncConnection) -> AsyncSession:
+    return AsyncSession(
+        bind=connection,
+        join_transaction_mode="create_savepoint",
+        expire_on_commit=False,
+        autoflush=False,
+    )
+
+
+@pytest.fixture
+async def db(connection: AsyncConnection) -> AsyncIterator[AsyncSession]:
+    """A session joined to the test's outer transaction (its commits are savepoints)."""
+    session = _joined_session(connection)
+    try:
+        yield session
+    finally:
+        await session.close()
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with LifespanManager(application):
+        yield application
+
+
+def _client(app: FastAPI, **headers: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+        base_url="http://test",
+        headers=headers,
+    )
+
+
+@pytest.fixture
+async def client(app: FastAPI, connection: AsyncConnection) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the real app whose requests run inside the test's transaction."""
+
+    async def joined_session() -> AsyncIterator[AsyncSession]:
+        session = _joined_session(connection)
+        try:
+            async with session.begin():
+                yield session
+        finally:
+            await session.close()
+
+    app.dependency_overrides[get_session] = joined_session
+    try:
+        async with _client(app) as http:
+            yield http
+    finally:
+        app.dependency_overrides.pop(get_session, None)
+
+
+@pytest.fixture
+def service_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {SERVICE_KEY}"}
+
+
+async def truncate(engine: AsyncEngine) -> None:
+    """Empty every table (for tests that commit for real)."""
+    async with engine.begin() as connection:
+        await connection.execute(text(f"TRUNCATE {TABLES} CASCADE"))
+
+
+@pytest.fixture
+async def committed_engine(engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
+    """The real engine for tests that need many connections; tables are emptied after."""
+    await truncate(engine)
+    try:
+        yield engine
+    finally:
+        await truncate(engine)
+
+
+@pytest.fixture
+async def committed_client(
+    app: FastAPI, committed_engine: AsyncEngine
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client whose requests commit for real (for concurrency tests)."""
+    async with _client(app) as http:
+        yield http
