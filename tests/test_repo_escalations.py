@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select, text
@@ -139,7 +140,7 @@ async def test_the_queue_walks_oldest_first_with_filters_and_a_cursor(db: AsyncS
         escalation = await escalate(db, session.session_id, "card" if index % 2 else "loan")
         await db.execute(
             text("UPDATE escalations SET created_at = :at WHERE id = :id"),
-            {"at": f"2026-01-0{index + 1}T00:00:00+00", "id": escalation.id},
+            {"at": datetime(2026, 1, index + 1, tzinfo=UTC), "id": escalation.id},
         )
         made.append(escalation.id)
     seen: list[uuid.UUID] = []
