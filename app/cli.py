@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -124,6 +125,9 @@ def _serve(settings: Settings, arguments: argparse.Namespace) -> None:
     os.environ["WORKERS"] = str(arguments.workers)
     host = f"[{arguments.host}]" if ":" in arguments.host else arguments.host
     print(f"Member Support Service on http://{host}:{arguments.port} (API docs at /docs)")
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that was
+    # there before; exiting cleanly from it lets the embedded database stop too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(
             "app.asgi:create",
