@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import asyncpg
 import pytest
+from alembic import command
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from alembic import command
 from app.migrations import alembic_config, head_revision, upgrade_to_head
 from tests.conftest import fresh_database
 
