@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import and_, exists, select, tuple_, update
+from sqlalchemy import and_, exists, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -92,7 +92,10 @@ async def open_escalation(
         )
         .on_conflict_do_nothing(
             index_elements=["conversation_id", "issue_type"],
-            index_where=Escalation.status != "resolved",
+            # A literal, not a bound parameter: once PostgreSQL switches the prepared
+            # statement to a generic plan (the 6th run on a connection), a parameter in
+            # the predicate no longer matches the partial index and the insert fails.
+            index_where=text("status <> 'resolved'"),
         )
         .returning(Escalation)
     )
