@@ -344,3 +344,13 @@ async def test_strange_query_strings_never_cause_a_500(
     ):
         response = await client.get(f"{API}{path}?{query}", headers=service_headers)
         assert response.status_code < 500, (path, query, response.status_code)
+
+
+async def test_an_idempotency_key_with_a_nul_byte_is_422(client: httpx.AsyncClient) -> None:
+    session = await open_session(client)
+    response = await client.post(
+        f"{API}/sessions/{session['session_id']}/messages",
+        json={"content": "hi"},
+        headers={"Idempotency-Key": b"\x00key"},
+    )
+    assert response.status_code == 422
