@@ -114,8 +114,16 @@ class StrictJSONRoute(APIRoute):
         handler = super().get_route_handler()
         if self.body_field is None:
             return handler
+        guarded = any(
+            getattr(depends, "dependency", None) is require_service_key
+            for depends in self.dependencies
+        )
 
         async def strict_handler(request: Request) -> Response:
+            if guarded:
+                # The key first: a caller without one learns nothing about body rules (401,
+                # not 415/422), as for every other service request.
+                await require_service_key(request, await _bearer(request))
             body = await request.body()
             if body:
                 content_type = request.headers.get("content-type", "")

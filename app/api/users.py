@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
@@ -21,7 +22,7 @@ router = APIRouter(
 
 
 @router.get("", responses=error_responses(404), summary="Find a user by email")
-async def find_user(db: SessionDep, email: Email = Query()) -> User:
+async def find_user(db: SessionDep, email: Annotated[Email, Query()]) -> User:
     """The user with this email (matched case-insensitively)."""
     return User.model_validate(await users.get_by_email(db, email=email))
 

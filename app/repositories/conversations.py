@@ -6,7 +6,7 @@ import base64
 import binascii
 import secrets
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -142,8 +142,18 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         at = datetime.fromisoformat(moment)
         if at.tzinfo is None:
             raise ValueError("naive timestamp")
+        # Raises OverflowError for moments UTC cannot hold (year 1 at +14:00, year 9999
+        # at -14:00), which the driver would otherwise hit mid-query.
+        at = at.astimezone(UTC)
         return at, uuid.UUID(identifier)
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError, UnicodeEncodeError):
+    except (
+        ValueError,
+        TypeError,
+        OverflowError,
+        binascii.Error,
+        orjson.JSONDecodeError,
+        UnicodeEncodeError,
+    ):
         raise Unprocessable("Malformed cursor") from None
 
 

@@ -95,7 +95,9 @@ async def open_escalation(
         )
         .on_conflict_do_nothing(
             index_elements=["conversation_id", "issue_type"],
-            # Literal SQL: a bound parameter would not match the index predicate.
+            # A literal, not a bound parameter: once PostgreSQL switches the prepared
+            # statement to a generic plan (the 6th run on a connection), a parameter in
+            # the predicate no longer matches the partial index and the insert fails.
             index_where=text("status <> 'resolved'"),
         )
         .returning(Escalation)
