@@ -84,12 +84,21 @@ async def apply_contact(
         .execution_options(populate_existing=True)
     )
     assert current is not None  # the foreign key guarantees it
-    # The session that created the user owns it; a session linked to an existing user
-    # by email may only fill its empty fields.
+    # Only a user created with this session and used by no other conversation is this
+    # session's own; a user reached by email may only have its empty fields filled.
     shared = (
         current.created_at is None
         or conversation.created_at is None
         or current.created_at < conversation.created_at
+        or bool(
+            await session.scalar(
+                select(
+                    exists().where(
+                        Conversation.user_id == current.id, Conversation.id != conversation_id
+                    )
+                )
+            )
+        )
     )
     email = changes.get("email")
     if email is not None and email != current.email:
