@@ -90,6 +90,39 @@ Phone = Annotated[
 NonBlankText = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
 
 
+_MESSAGE_EXAMPLE: dict[str, Any] = {
+    "id": "9d8c7b6a-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+    "conversation_id": "4f1c2a9e-8b7d-4e3f-9a01-2b3c4d5e6f70",
+    "seq": 7,
+    "role": "user",
+    "content": "How do I raise my card limit?",
+    "created_at": "2026-11-24T09:31:12.654321+00:00",
+}
+_ESCALATION_SUMMARY_EXAMPLE: dict[str, Any] = {
+    "id": "7a6b5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d",
+    "issue_type": "card",
+    "status": "pending",
+    "created_at": "2026-11-24T09:40:00.000000+00:00",
+    "updated_at": "2026-11-24T09:40:00.000000+00:00",
+}
+_ESCALATION_EXAMPLE: dict[str, Any] = {
+    **_ESCALATION_SUMMARY_EXAMPLE,
+    "conversation_id": "4f1c2a9e-8b7d-4e3f-9a01-2b3c4d5e6f70",
+    "original_request": "Please raise my limit",
+    "contact_info": {"name": "Ada", "email": "ada@example.org", "preferred_channel": "phone"},
+    "conversation_context": "user: How do I raise my card limit?\nassistant: I can connect you.",
+}
+_CONVERSATION_EXAMPLE: dict[str, Any] = {
+    "id": "4f1c2a9e-8b7d-4e3f-9a01-2b3c4d5e6f70",
+    "user_id": "0b6f3c1e-2d4a-4c5b-8e9f-1a2b3c4d5e6f",
+    "status": "escalated",
+    "created_at": "2026-11-24T09:30:00.123456+00:00",
+    "updated_at": "2026-11-24T09:40:00.000000+00:00",
+    "message_count": 7,
+    "last_message_at": "2026-11-24T09:39:30.000000+00:00",
+}
+
+
 # --- members ---------------------------------------------------------------------------
 
 
@@ -108,6 +141,20 @@ class SessionCreate(ApiModel):
 
 
 class Session(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "session_id": "k3Jq9_xV2mTz8RbN4cWd0PfYhL6sAeGu1oQiE5nU7y",
+                    "conversation_id": "4f1c2a9e-8b7d-4e3f-9a01-2b3c4d5e6f70",
+                    "status": "active",
+                    "created_at": "2026-11-24T09:30:00.123456+00:00",
+                    "updated_at": "2026-11-24T09:31:12.654321+00:00",
+                }
+            ]
+        }
+    )
+
     session_id: str
     conversation_id: uuid.UUID
     status: ConversationStatus
@@ -157,6 +204,8 @@ class ServiceMessageCreate(ApiModel):
 
 
 class Message(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_MESSAGE_EXAMPLE]})
+
     id: uuid.UUID
     conversation_id: uuid.UUID
     seq: int
@@ -166,6 +215,10 @@ class Message(ApiModel):
 
 
 class MessagePage(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [_MESSAGE_EXAMPLE], "has_more": False}]}
+    )
+
     items: list[Message]
     has_more: bool
 
@@ -208,6 +261,8 @@ class EscalationCreate(ApiModel):
 
 
 class EscalationSummary(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_ESCALATION_SUMMARY_EXAMPLE]})
+
     id: uuid.UUID
     issue_type: str
     status: EscalationStatus
@@ -216,6 +271,10 @@ class EscalationSummary(ApiModel):
 
 
 class EscalationSummaryList(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [_ESCALATION_SUMMARY_EXAMPLE]}]}
+    )
+
     items: list[EscalationSummary]
 
 
@@ -223,6 +282,8 @@ class EscalationSummaryList(ApiModel):
 
 
 class Conversation(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_CONVERSATION_EXAMPLE]})
+
     id: uuid.UUID
     user_id: uuid.UUID | None
     status: ConversationStatus
@@ -233,6 +294,10 @@ class Conversation(ApiModel):
 
 
 class ConversationPage(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [_CONVERSATION_EXAMPLE], "next_cursor": None}]}
+    )
+
     items: list[Conversation]
     next_cursor: str | None
 
@@ -244,6 +309,21 @@ class ConversationStatusUpdate(ApiModel):
 
 
 class User(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0b6f3c1e-2d4a-4c5b-8e9f-1a2b3c4d5e6f",
+                    "email": "ada@example.org",
+                    "name": "Ada",
+                    "phone": "+1 555 0100",
+                    "created_at": "2026-11-24T09:30:00.123456+00:00",
+                    "updated_at": "2026-11-24T09:35:00.000001+00:00",
+                }
+            ]
+        }
+    )
+
     id: uuid.UUID
     email: str | None
     name: str | None
@@ -253,6 +333,8 @@ class User(ApiModel):
 
 
 class Escalation(EscalationSummary):
+    model_config = ConfigDict(json_schema_extra={"examples": [_ESCALATION_EXAMPLE]})
+
     conversation_id: uuid.UUID
     original_request: str
     contact_info: dict[str, Any] | None
@@ -260,6 +342,17 @@ class Escalation(EscalationSummary):
 
 
 class EscalationPage(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [_ESCALATION_EXAMPLE],
+                    "next_cursor": "WyIyMDI2LTExLTI0VDA5OjQwOjAwKzAwOjAwIiwgIjdhIl0",
+                }
+            ]
+        }
+    )
+
     items: list[Escalation]
     next_cursor: str | None
 
