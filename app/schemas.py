@@ -395,6 +395,32 @@ class ApiCounts(ApiModel):
 
 
 class Stats(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "since": "2026-11-23T00:00:00+00:00",
+                    "conversations": {
+                        "total": 120,
+                        "active": 90,
+                        "escalated": 12,
+                        "closed": 15,
+                        "archived": 3,
+                    },
+                    "messages": {"total": 1480, "user": 760, "assistant": 720},
+                    "escalations": {
+                        "total": 14,
+                        "by_status": {"pending": 4, "notified": 2, "in_progress": 3, "resolved": 5},
+                        "by_issue_type": {"card": 6, "loan": 5, "fraud": 3},
+                    },
+                    "escalation_rate": 0.1083,
+                    "response_time_seconds": {"p50": 1.8, "p95": 6.4},
+                    "api": {"requests": 5210, "errors_5xx": 0, "error_rate": 0.0},
+                }
+            ]
+        }
+    )
+
     since: Timestamp | None
     conversations: ConversationCounts
     messages: MessageCounts

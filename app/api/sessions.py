@@ -47,7 +47,10 @@ SeqCursor = Annotated[int | None, Query(ge=0, le=2**63 - 1)]
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"model": Session, "description": "The session already existed"}},
+    responses={
+        200: {"model": Session, "description": "The session already existed"},
+        **error_responses(),
+    },
     summary="Open a session (or resume one by id)",
 )
 async def open_session(
