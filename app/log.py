@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
+
+# The id of the HTTP request being handled (set by app.metrics.ObserveRequests), added
+# to every log line written while it runs.
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; anything else was passed in `extra=` and is logged.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
@@ -17,7 +22,11 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {key: value for key, value in record.__dict__.items() if key not in _STANDARD}
+    extras = {key: value for key, value in record.__dict__.items() if key not in _STANDARD}
+    request_id = request_id_var.get()
+    if request_id is not None:
+        extras.setdefault("request_id", request_id)
+    return extras
 
 
 class JsonFormatter(logging.Formatter):
