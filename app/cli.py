@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
@@ -180,6 +181,9 @@ def _serve(settings: Settings, arguments: argparse.Namespace) -> None:
     metrics_directory = _prepare_metrics_directory(arguments.workers)
     host = f"[{arguments.host}]" if ":" in arguments.host else arguments.host
     print(f"Member Support Service on http://{host}:{arguments.port} (API docs at /docs)")
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that was
+    # there before; exiting cleanly from it lets the embedded database stop too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(
             "app.asgi:create",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import and_, exists, select, tuple_, update
+from sqlalchemy import and_, exists, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,7 +42,10 @@ async def _lock_conversation(
     # FOR NO KEY UPDATE serialises escalation changes per conversation, so the
     # conversation status effects below never race one another.
     conversation = await session.scalar(
-        select(Conversation).where(match).with_for_update(key_share=True)
+        select(Conversation)
+        .where(match)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
     )
     if conversation is None:
         raise NotFound("Session not found" if session_id is not None else "Conversation not found")
@@ -92,7 +95,8 @@ async def open_escalation(
         )
         .on_conflict_do_nothing(
             index_elements=["conversation_id", "issue_type"],
-            index_where=Escalation.status != "resolved",
+            # Literal SQL: a bound parameter would not match the index predicate.
+            index_where=text("status <> 'resolved'"),
         )
         .returning(Escalation)
     )
@@ -123,7 +127,7 @@ async def list_for_session(session: AsyncSession, *, session_id: str) -> list[Es
 
 async def get(session: AsyncSession, *, escalation_id: uuid.UUID) -> Escalation:
     """An escalation by id; NotFound when absent."""
-    escalation = await session.get(Escalation, escalation_id)
+    escalation = await session.get(Escalation, escalation_id, populate_existing=True)
     if escalation is None:
         raise NotFound("Escalation not found")
     return escalation

@@ -60,12 +60,16 @@ async def apply_contact(
     - An email another user already has moves the conversation to that user: their
       empty fields are filled from `changes`, nothing of theirs is overwritten, and the
       anonymous user left without conversations is removed.
-    - A user shared by several conversations (someone linked by email) is only ever
-      filled, never overwritten or cleared, from one session: knowing an email must
-      not let a stranger rewrite that member's details.
+    - A user this session did not create (it was linked by email) is only ever filled,
+      never overwritten or cleared, from this session: knowing an email must not let a
+      stranger rewrite that member's details. A new email there detaches the
+      conversation onto a user of its own.
     """
     conversation = await session.scalar(
-        select(Conversation).where(Conversation.id == conversation_id).with_for_update()
+        select(Conversation)
+        .where(Conversation.id == conversation_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     if conversation is None:
         raise NotFound("Session not found")
@@ -74,17 +78,18 @@ async def apply_contact(
         conversation.user_id = user.id
         await session.flush()
     current = await session.scalar(
-        select(User).where(User.id == conversation.user_id).with_for_update()
+        select(User)
+        .where(User.id == conversation.user_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     assert current is not None  # the foreign key guarantees it
-    shared = bool(
-        await session.scalar(
-            select(
-                exists().where(
-                    Conversation.user_id == current.id, Conversation.id != conversation_id
-                )
-            )
-        )
+    # The session that created the user owns it; a session linked to an existing user
+    # by email may only fill its empty fields.
+    shared = (
+        current.created_at is None
+        or conversation.created_at is None
+        or current.created_at < conversation.created_at
     )
     email = changes.get("email")
     if email is not None and email != current.email:
@@ -119,7 +124,12 @@ async def _link_to_email_owner(
     changes: dict[str, str | None],
     email: str,
 ) -> bool:
-    owner = await session.scalar(select(User).where(User.email == email).with_for_update())
+    owner = await session.scalar(
+        select(User)
+        .where(User.email == email)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     if owner is None or owner.id == current.id:
         return False
     conversation.user_id = owner.id
