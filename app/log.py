@@ -67,8 +67,9 @@ def configure_logging(level: str, log_format: str) -> None:
     root.setLevel(level)
     # uvicorn's access log would print full paths, session ids included; ours does not.
     logging.getLogger("uvicorn.access").disabled = True
-    # Libraries that narrate every step at INFO.
-    for name in ("pgserver", "alembic.runtime.plugins"):
+    # Libraries that narrate every step at INFO; httpx would log full URLs, which may
+    # carry tokens (webhooks) or session ids (tests, tools calling the API).
+    for name in ("pgserver", "alembic.runtime.plugins", "httpx", "httpcore"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []

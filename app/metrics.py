@@ -270,6 +270,7 @@ class ObserveRequests:
                     level,
                     "request",
                     extra={
+                        "request_id": request_id_var.get(),
                         "method": method,
                         "route": route,
                         "status": status,
