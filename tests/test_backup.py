@@ -85,14 +85,16 @@ def test_a_dump_restored_into_an_empty_database_serves_the_same_data(
         async def before() -> tuple[str, str, dict[str, Any]]:
             async with _api(source_url) as http:
                 session_id, conversation_id = await _populate(http)
-                return session_id, conversation_id, await _read_everything(
-                    http, session_id, conversation_id
+                return (
+                    session_id,
+                    conversation_id,
+                    await _read_everything(http, session_id, conversation_id),
                 )
 
         result = run(before())
         assert isinstance(result, tuple)
         session_id, conversation_id, original = result
-        subprocess.run(  # noqa: S603 - the documented command
+        subprocess.run(
             [
                 "pg_dump",
                 "--format=custom",
@@ -106,7 +108,7 @@ def test_a_dump_restored_into_an_empty_database_serves_the_same_data(
         )
 
     with fresh_database(server_url) as restored_url:
-        restored = subprocess.run(  # noqa: S603 - the documented command
+        restored = subprocess.run(
             [
                 "pg_restore",
                 "--no-owner",
