@@ -209,9 +209,10 @@ def _prepare_metrics_directory(workers: int) -> Path | None:
     Workers each write their metrics to files there and /metrics merges them. Files
     left by an earlier run would be merged too, so an existing directory is emptied.
     """
-    from app.metrics import MULTIPROCESS_DIRECTORY_VARIABLE
-
-    configured = os.environ.get(MULTIPROCESS_DIRECTORY_VARIABLE)
+    # Not imported from app.metrics: importing prometheus_client here, before the
+    # directory exists, would already open files in it.
+    variable = "PROMETHEUS_MULTIPROC_DIR"
+    configured = os.environ.get(variable)
     if configured:
         directory = Path(configured)
         directory.mkdir(parents=True, exist_ok=True)
@@ -221,7 +222,7 @@ def _prepare_metrics_directory(workers: int) -> Path | None:
     if workers == 1:
         return None
     created = Path(tempfile.mkdtemp(prefix="member-support-metrics-"))
-    os.environ[MULTIPROCESS_DIRECTORY_VARIABLE] = str(created)
+    os.environ[variable] = str(created)
     return created
 
 

@@ -161,7 +161,9 @@ def test_metrics_add_up_across_workers(served_database: str, tmp_path: Path) -> 
 def test_serve_with_several_workers_makes_a_fresh_metrics_directory(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv(MULTIPROCESS_DIRECTORY_VARIABLE, raising=False)
+    # setenv first, so that monkeypatch restores the variable's absence afterwards.
+    monkeypatch.setenv(MULTIPROCESS_DIRECTORY_VARIABLE, "")
+    monkeypatch.delenv(MULTIPROCESS_DIRECTORY_VARIABLE)
     created = cli._prepare_metrics_directory(workers=3)
     try:
         assert created is not None and created.is_dir()
@@ -175,7 +177,8 @@ def test_serve_with_several_workers_makes_a_fresh_metrics_directory(
 def test_serve_with_one_worker_stays_in_single_process_mode(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv(MULTIPROCESS_DIRECTORY_VARIABLE, raising=False)
+    monkeypatch.setenv(MULTIPROCESS_DIRECTORY_VARIABLE, "")
+    monkeypatch.delenv(MULTIPROCESS_DIRECTORY_VARIABLE)
     assert cli._prepare_metrics_directory(workers=1) is None
     assert MULTIPROCESS_DIRECTORY_VARIABLE not in os.environ
 
@@ -190,3 +193,12 @@ def test_serve_empties_a_configured_metrics_directory_of_an_earlier_run(
     monkeypatch.setenv(MULTIPROCESS_DIRECTORY_VARIABLE, str(directory))
     assert cli._prepare_metrics_directory(workers=2) is None
     assert sorted(path.name for path in directory.iterdir()) == ["notes.txt"]
+
+
+def test_serve_creates_a_configured_metrics_directory_that_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    directory = tmp_path / "not-yet" / "prometheus"
+    monkeypatch.setenv(MULTIPROCESS_DIRECTORY_VARIABLE, str(directory))
+    assert cli._prepare_metrics_directory(workers=4) is None
+    assert directory.is_dir()
