@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +46,7 @@ REQUEST_ID_HEADER = b"x-request-id"
 # A caller's request id is echoed and logged only when it looks like an id; anything
 # else (too long, spaces, quotes, control characters) is replaced by a fresh one.
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 HTTP_REQUESTS = Counter(
     "http_requests_total",
@@ -179,7 +179,7 @@ def _request_id(scope: Scope) -> bytes:
             if _REQUEST_ID.fullmatch(value):
                 return bytes(value)
             break
-    return uuid.uuid4().hex.encode()
+    return os.urandom(16).hex().encode()
 
 
 class RouteTemplates:
@@ -236,6 +236,8 @@ class ObserveRequests:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.route_template = RouteTemplates()
+        # labels() takes a lock and builds keys on every call; the children are cached.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -261,9 +263,15 @@ class ObserveRequests:
             elapsed = time.perf_counter() - started
             route = self.route_template(scope)
             method = scope["method"]
-            status_text = str(status)
-            HTTP_REQUESTS.labels(route, method, status_text).inc()
-            HTTP_LATENCY.labels(route, method, status_text).observe(elapsed)
+            if method not in _METHODS:  # client-chosen: keep the label set bounded
+                method = "OTHER"
+            series = self._series.get((route, method, status))
+            if series is None:
+                labels = (route, method, str(status))
+                series = (HTTP_REQUESTS.labels(*labels), HTTP_LATENCY.labels(*labels))
+                self._series[(route, method, status)] = series
+            series[0].inc()
+            series[1].observe(elapsed)
             level = logging.INFO if status < 500 else logging.WARNING
             if access_log.isEnabledFor(level):
                 access_log.log(

@@ -202,3 +202,12 @@ def test_serve_creates_a_configured_metrics_directory_that_is_missing(
     monkeypatch.setenv(MULTIPROCESS_DIRECTORY_VARIABLE, str(directory))
     assert cli._prepare_metrics_directory(workers=4) is None
     assert directory.is_dir()
+
+
+async def test_made_up_methods_share_one_series(own_app: FastAPI) -> None:
+    async with _plain_client(own_app) as http:
+        for method in ("BREW", "WHEN", "FETCHX"):
+            await http.request(method, "/healthz")
+        text = (await http.get("/metrics")).text
+    assert _sample(text, "http_requests_total", route="/healthz", method="OTHER") == 3
+    assert "BREW" not in text
