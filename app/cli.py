@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 from app.settings import ConfigError, Settings, load_settings
@@ -17,9 +20,20 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 BATCH_SIZE = 1000
 
 
+MAX_WORKERS = 256
+
+
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (exit 2) instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
 
 
 def _positive(text: str) -> int:
@@ -39,6 +53,20 @@ def _port(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    value = _positive(text)
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 1 and {MAX_WORKERS}")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    value = _positive(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
 def _timestamp(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text)
@@ -49,7 +77,7 @@ def _timestamp(text: str) -> datetime:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with a --help for every command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="member-support", description="Member Support Service: API server and ops tools."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -63,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
-    serve.add_argument("--workers", type=_port, default=1, help="worker processes (default 1)")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="worker processes (default 1); more than one puts /metrics in multiprocess mode",
+    )
 
     commands.add_parser(
         "migrate",
@@ -80,7 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="archive conversations with no recent activity",
         description="Set conversations with no activity for N days to `archived`, in batches.",
     )
-    archive.add_argument("--inactive-days", type=_positive, required=True, metavar="N")
+    archive.add_argument(
+        "--inactive-days",
+        type=_positive,
+        required=True,
+        metavar="N",
+        help="days since the last message or change; conversations with an unresolved "
+        "escalation are left alone",
+    )
 
     purge = commands.add_parser(
         "purge",
@@ -88,8 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Delete archived conversations idle for N days, with their messages and "
         "escalations, in batches.",
     )
-    purge.add_argument("--archived-days", type=_positive, required=True, metavar="N")
+    purge.add_argument(
+        "--archived-days",
+        type=_positive,
+        required=True,
+        metavar="N",
+        help="days since the conversation was archived (or last changed)",
+    )
     purge.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    for command in (archive, purge):
+        command.add_argument(
+            "--batch-size",
+            type=_at_least_one,
+            default=BATCH_SIZE,
+            metavar="N",
+            help=f"conversations per transaction (default {BATCH_SIZE}); each batch "
+            "commits on its own, so no lock is held for long",
+        )
     return parser
 
 
@@ -123,6 +178,7 @@ def _serve(settings: Settings, arguments: argparse.Namespace) -> None:
         os.environ["DATABASE_URL"] = url
         _migrate(load_settings(), arguments)
     os.environ["WORKERS"] = str(arguments.workers)
+    metrics_directory = _prepare_metrics_directory(arguments.workers)
     host = f"[{arguments.host}]" if ":" in arguments.host else arguments.host
     print(f"Member Support Service on http://{host}:{arguments.port} (API docs at /docs)")
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that was
@@ -141,25 +197,84 @@ def _serve(settings: Settings, arguments: argparse.Namespace) -> None:
             server_header=False,
         )
     finally:
+        if metrics_directory is not None:
+            shutil.rmtree(metrics_directory, ignore_errors=True)
         if server is not None:
             server.cleanup()
 
 
+def _prepare_metrics_directory(workers: int) -> Path | None:
+    """Give Prometheus a clean multiprocess directory; returns one we made (to remove).
+
+    Workers each write their metrics to files there and /metrics merges them. Files
+    left by an earlier run would be merged too, so an existing directory is emptied.
+    """
+    # Not imported from app.metrics: importing prometheus_client here, before the
+    # directory exists, would already open files in it.
+    variable = "PROMETHEUS_MULTIPROC_DIR"
+    configured = os.environ.get(variable)
+    if configured:
+        directory = Path(configured)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        return None
+    if workers == 1:
+        return None
+    created = Path(tempfile.mkdtemp(prefix="member-support-metrics-"))
+    os.environ[variable] = str(created)
+    return created
+
+
 def _migrate(settings: Settings, arguments: argparse.Namespace) -> None:
-    from app.errors import is_unavailable
-    from app.migrations import head_revision, upgrade_to_head
+    from app.migrations import head_revision, revisions_between, upgrade_to_head
 
     if settings.database_url is None and settings.database_migration_url is None:
         _fail("DATABASE_URL is not set")
     try:
+        before = asyncio.run(_current_revision(settings))
         upgrade_to_head()
     except SystemExit:
         raise
     except Exception as error:
-        if is_unavailable(error):
-            _fail("database unreachable")
-        _fail(f"migration failed: {type(error).__name__}")
-    print(f"schema at {head_revision()} (head)")
+        _fail_for_database(error, "migration failed")
+    head = head_revision()
+    applied = revisions_between(before, head)
+    print(f"applied {applied} revision(s): schema at {head} (head), was {before or 'empty'}")
+
+
+async def _current_revision(settings: Settings) -> str | None:
+    """The revision in alembic_version, None for a database never migrated."""
+    from sqlalchemy import text
+
+    from app.db import create_engine
+
+    engine = create_engine(settings, settings.migration_database, pooled=False)
+    try:
+        async with engine.connect() as connection:
+            exists = await connection.scalar(text("SELECT to_regclass('alembic_version')"))
+            if exists is None:
+                return None
+            version = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+            return str(version) if version is not None else None
+    finally:
+        await engine.dispose()
+
+
+def _fail_for_database(error: BaseException, what: str) -> NoReturn:
+    """One line for a database failure; never the URL, the query or its parameters."""
+    from app.errors import is_unavailable
+
+    if is_unavailable(error):
+        _fail("database unreachable")
+    cause = getattr(error, "orig", None) or error
+    cause = getattr(cause, "__cause__", None) or cause
+    name = type(cause).__name__
+    if name in {"InvalidPasswordError", "InvalidAuthorizationSpecificationError"}:
+        _fail(f"the database refused the login ({name})")
+    if name == "InvalidCatalogNameError":
+        _fail("the database named in the URL does not exist")
+    _fail(f"{what}: {name}")
 
 
 def _run_database_command(
@@ -168,7 +283,6 @@ def _run_database_command(
     arguments: argparse.Namespace,
 ) -> None:
     from app.db import create_engine, create_sessionmaker
-    from app.errors import is_unavailable
 
     if settings.database_url is None:
         _fail("DATABASE_URL is not set")
@@ -183,9 +297,7 @@ def _run_database_command(
     try:
         asyncio.run(run())
     except Exception as error:
-        if is_unavailable(error):
-            _fail("database unreachable")
-        raise
+        _fail_for_database(error, f"{arguments.command} failed")
 
 
 async def _stats(sessionmaker: Any, arguments: argparse.Namespace) -> None:
@@ -220,10 +332,10 @@ async def _archive(sessionmaker: Any, arguments: argparse.Namespace) -> None:
         # One short transaction per batch: no long lock on a big table.
         async with sessionmaker() as session, session.begin():
             done = await conversations.archive_inactive(
-                session, inactive_days=arguments.inactive_days, batch_size=BATCH_SIZE
+                session, inactive_days=arguments.inactive_days, batch_size=arguments.batch_size
             )
         total += done
-        if done < BATCH_SIZE:
+        if done < arguments.batch_size:
             break
     print(f"archived {total} conversation(s)")
 
@@ -237,11 +349,11 @@ async def _purge(sessionmaker: Any, arguments: argparse.Namespace) -> None:
             done = await conversations.purge_archived(
                 session,
                 archived_days=arguments.archived_days,
-                batch_size=BATCH_SIZE,
+                batch_size=arguments.batch_size,
                 dry_run=arguments.dry_run,
             )
         total += done
-        if arguments.dry_run or done < BATCH_SIZE:
+        if arguments.dry_run or done < arguments.batch_size:
             break
     verb = "would delete" if arguments.dry_run else "deleted"
     print(f"{verb} {total} archived conversation(s)")

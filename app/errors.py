@@ -108,6 +108,22 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database(request: Request, error: sa_exc.SQLAlchemyError) -> JSONResponse:
         return database_error_response(request, error)
 
+    # A database that refuses connections raises these unwrapped. Handled here, inside
+    # the middleware, rather than by the catch-all: request logs and metrics then see
+    # the 503 the client gets, and the server does not log a traceback per request.
+    async def _connection_failure(request: Request, error: Exception) -> JSONResponse:
+        if is_unavailable(error):
+            return _unavailable(request, error)
+        return await _unexpected(request, error)  # pragma: no cover - all are unavailable
+
+    for failure in (
+        OSError,
+        DatabaseUnavailable,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+    ):
+        app.add_exception_handler(failure, _connection_failure)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         if is_unavailable(error):

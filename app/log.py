@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
+
+# The id of the HTTP request being handled (set by app.metrics.ObserveRequests), added
+# to every log line written while it runs.
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; anything else was passed in `extra=` and is logged.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
@@ -17,7 +22,11 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {key: value for key, value in record.__dict__.items() if key not in _STANDARD}
+    extras = {key: value for key, value in record.__dict__.items() if key not in _STANDARD}
+    request_id = request_id_var.get()
+    if request_id is not None:
+        extras.setdefault("request_id", request_id)
+    return extras
 
 
 class JsonFormatter(logging.Formatter):
@@ -58,8 +67,9 @@ def configure_logging(level: str, log_format: str) -> None:
     root.setLevel(level)
     # uvicorn's access log would print full paths, session ids included; ours does not.
     logging.getLogger("uvicorn.access").disabled = True
-    # Libraries that narrate every step at INFO.
-    for name in ("pgserver", "alembic.runtime.plugins"):
+    # Libraries that narrate every step at INFO; httpx would log full URLs, which may
+    # carry tokens (webhooks) or session ids (tests, tools calling the API).
+    for name in ("pgserver", "alembic.runtime.plugins", "httpx", "httpcore"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []

@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.api import conversations, escalations, ops, sessions, stats, users
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
-from app.metrics import ApiCounters, CountRequests
+from app.metrics import ApiCounters, CountRequests, ObserveRequests, forget_pool, observe_pool
 from app.settings import Settings, load_settings
 
 log = logging.getLogger("app")
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings)
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine, settings)
+        observe_pool(engine)
         if not settings.api_keys:
             log.warning(
                 "no_api_keys: every service route answers 401; "
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await engine.dispose()
+            forget_pool()
             log.info("stopped")
 
     app = FastAPI(
@@ -92,4 +94,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(CountRequests, counters=app.state.api_counters)
+    app.add_middleware(ObserveRequests)
     return app

@@ -31,6 +31,17 @@ def head_revision() -> str:
     return head
 
 
+def revisions_between(current: str | None, head: str) -> int:
+    """How many revisions an upgrade from `current` (None: empty database) to `head` applies."""
+    script = ScriptDirectory.from_config(alembic_config())
+    count = 0
+    for revision in script.walk_revisions(base="base", head=head):
+        if revision.revision == current:
+            break
+        count += 1
+    return count
+
+
 def upgrade_to_head(database_url: str | None = None) -> None:
     """Run `alembic upgrade head` (env.py runs its own event loop)."""
     command.upgrade(alembic_config(database_url), "head")

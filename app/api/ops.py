@@ -1,14 +1,16 @@
-"""Operational routes (no key): liveness and readiness."""
+"""Operational routes (no key): liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from app import metrics
 from app.errors import is_unavailable
 from app.migrations import head_revision
 
@@ -40,12 +42,35 @@ async def readyz(request: Request) -> JSONResponse:
     so a storm of probes costs one query."""
     state = request.app.state
     cached: Readiness | None = getattr(state, "readiness", None)
-    now = time.monotonic()
-    if cached is None or now - cached.checked_at > READINESS_CACHE_SECONDS:
-        cached = await _check(request)
-        state.readiness = cached
+    if cached is None or time.monotonic() - cached.checked_at > READINESS_CACHE_SECONDS:
+        lock: asyncio.Lock | None = getattr(state, "readiness_lock", None)
+        if lock is None:
+            lock = state.readiness_lock = asyncio.Lock()
+        # Probes arriving while one check runs wait for its answer instead of each
+        # opening a connection of their own.
+        async with lock:
+            cached = getattr(state, "readiness", None)
+            if cached is None or time.monotonic() - cached.checked_at > READINESS_CACHE_SECONDS:
+                cached = await _check(request)
+                state.readiness = cached
     body = {"status": "ready" if cached.ready else "not ready", "reason": cached.reason}
     return JSONResponse(body, status_code=200 if cached.ready else 503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
+async def read_metrics(request: Request) -> Response:
+    """Requests and latency by route template, method and status; requests in flight;
+    database pool size and connections checked out (all workers in multiprocess mode)."""
+    engine = getattr(request.app.state, "engine", None)
+    if engine is not None:
+        metrics.update_pool_gauges(engine)
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
 
 
 async def _check(request: Request) -> Readiness:

@@ -14,7 +14,7 @@ from sqlalchemy import and_, delete, func, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import NotFound, Unprocessable
-from app.models import Conversation, Message
+from app.models import Conversation, Escalation, Message
 from app.repositories import Record, users
 
 SESSION_COLUMNS = (
@@ -199,11 +199,24 @@ async def set_status(session: AsyncSession, *, conversation_id: uuid.UUID, statu
 
 
 async def archive_inactive(session: AsyncSession, *, inactive_days: int, batch_size: int) -> int:
-    """Archive one batch of conversations idle for `inactive_days`; returns how many."""
+    """Archive one batch of conversations idle for `inactive_days`; returns how many.
+
+    A conversation with an unresolved escalation stays: staff are still working it,
+    and archiving would put it on the way to being purged.
+    """
     cutoff = func.now() - func.make_interval(0, 0, 0, inactive_days)
+    open_escalation = (
+        select(Escalation.id)
+        .where(Escalation.conversation_id == Conversation.id, Escalation.status != "resolved")
+        .exists()
+    )
     batch = (
         select(Conversation.id)
-        .where(Conversation.updated_at < cutoff, Conversation.status != "archived")
+        .where(
+            Conversation.updated_at < cutoff,
+            Conversation.status != "archived",
+            ~open_escalation,
+        )
         .order_by(Conversation.updated_at)
         .limit(batch_size)
         .with_for_update(skip_locked=True)

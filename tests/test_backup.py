@@ -1,0 +1,142 @@
+"""The backup drill of the README: populate, pg_dump, pg_restore into an empty database,
+and read the same data back through the API."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from conftest import SERVICE_KEY, fresh_database, make_settings
+from ops_support import asyncpg_dsn, run
+
+from app.main import create_app
+from app.migrations import upgrade_to_head
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("pg_dump") is None or shutil.which("pg_restore") is None,
+    reason="pg_dump/pg_restore are not installed (apt install postgresql-client)",
+)
+HEADERS = {"Authorization": f"Bearer {SERVICE_KEY}"}
+
+
+@contextlib.asynccontextmanager
+async def _api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    application = create_app(make_settings(database_url))
+    async with (
+        LifespanManager(application),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=application), base_url="http://test"
+        ) as http,
+    ):
+        yield http
+
+
+async def _populate(http: httpx.AsyncClient) -> tuple[str, str]:
+    created = await http.post(
+        "/api/v1/sessions", json={"name": "Grace Hopper", "email": "grace@example.org"}
+    )
+    session_id, conversation_id = created.json()["session_id"], created.json()["conversation_id"]
+    for content in ("my loan payment bounced", "and I was charged a fee"):
+        await http.post(f"/api/v1/sessions/{session_id}/messages", json={"content": content})
+    await http.post(
+        f"/api/v1/conversations/{conversation_id}/messages",
+        json={"role": "assistant", "content": "I can hand this to a person."},
+        headers=HEADERS,
+    )
+    await http.post(
+        f"/api/v1/sessions/{session_id}/escalations",
+        json={"issue_type": "loan", "original_request": "refund the fee"},
+    )
+    return session_id, conversation_id
+
+
+async def _read_everything(
+    http: httpx.AsyncClient, session_id: str, conversation_id: str
+) -> dict[str, Any]:
+    paths = {
+        "session": (f"/api/v1/sessions/{session_id}", {}),
+        "history": (f"/api/v1/sessions/{session_id}/messages", {}),
+        "conversation": (f"/api/v1/conversations/{conversation_id}", HEADERS),
+        "escalations": ("/api/v1/escalations", HEADERS),
+        "user": ("/api/v1/users?email=grace@example.org", HEADERS),
+    }
+    read = {}
+    for name, (path, headers) in paths.items():
+        response = await http.get(path, headers=headers)
+        assert response.status_code == 200, (name, response.text)
+        read[name] = response.json()
+    return read
+
+
+def test_a_dump_restored_into_an_empty_database_serves_the_same_data(
+    server_url: str, tmp_path: Path
+) -> None:
+    dump = tmp_path / "member-support.dump"
+    with fresh_database(server_url) as source_url:
+        upgrade_to_head(source_url)
+
+        async def before() -> tuple[str, str, dict[str, Any]]:
+            async with _api(source_url) as http:
+                session_id, conversation_id = await _populate(http)
+                return (
+                    session_id,
+                    conversation_id,
+                    await _read_everything(http, session_id, conversation_id),
+                )
+
+        result = run(before())
+        assert isinstance(result, tuple)
+        session_id, conversation_id, original = result
+        subprocess.run(
+            [
+                "pg_dump",
+                "--format=custom",
+                "--no-owner",
+                "--no-privileges",
+                f"--file={dump}",
+                asyncpg_dsn(source_url),
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    with fresh_database(server_url) as restored_url:
+        restored = subprocess.run(
+            [
+                "pg_restore",
+                "--no-owner",
+                "--no-privileges",
+                "--exit-on-error",
+                f"--dbname={asyncpg_dsn(restored_url)}",
+                str(dump),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert restored.returncode == 0, restored.stderr
+
+        async def after() -> tuple[dict[str, Any], int, httpx.Response]:
+            async with _api(restored_url) as http:
+                read = await _read_everything(http, session_id, conversation_id)
+                ready = await http.get("/readyz")
+                # The seq trigger came back too: a new message continues the sequence.
+                sent = await http.post(
+                    f"/api/v1/sessions/{session_id}/messages", json={"content": "still there?"}
+                )
+                return read, ready.status_code, sent
+
+        result_after = run(after())
+        assert isinstance(result_after, tuple)
+        read, ready_status, sent = result_after
+
+    assert read == original
+    assert ready_status == 200
+    assert sent.status_code == 201
+    assert sent.json()["seq"] == len(original["history"]["items"]) + 1

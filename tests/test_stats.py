@@ -1,0 +1,236 @@
+"""GET /api/v1/stats and `member-support stats`: the SPEC's numbers, windowed by `since`."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import stats_data
+from conftest import TABLES, fresh_database
+from ops_support import execute, run, run_cli
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.cli import main
+from app.migrations import upgrade_to_head
+from app.repositories import stats
+
+
+async def _seed(connection: AsyncConnection) -> None:
+    # Inside the test's transaction: rolled back afterwards, invisible to other tests.
+    await connection.execute(text(f"TRUNCATE {TABLES} CASCADE"))
+    for statement in stats_data.statements():
+        await connection.execute(text(statement))
+
+
+def _database_part(body: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in body.items() if key not in {"since", "api"}}
+
+
+def _approx(expected: dict[str, Any]) -> Any:
+    times = expected["response_time_seconds"]
+    return {
+        **expected,
+        "escalation_rate": pytest.approx(expected["escalation_rate"]),
+        "response_time_seconds": {key: pytest.approx(value) for key, value in times.items()},
+    }
+
+
+async def test_stats_count_every_record_when_since_is_absent(
+    client: httpx.AsyncClient, connection: AsyncConnection, service_headers: dict[str, str]
+) -> None:
+    await _seed(connection)
+    response = await client.get("/api/v1/stats", headers=service_headers)
+    assert response.status_code == 200
+    assert response.json()["since"] is None
+    assert _database_part(response.json()) == _approx(stats_data.ALL_TIME)
+
+
+async def test_stats_count_records_created_at_or_after_since(
+    client: httpx.AsyncClient, connection: AsyncConnection, service_headers: dict[str, str]
+) -> None:
+    await _seed(connection)
+    since = stats_data.T.isoformat()
+    response = await client.get("/api/v1/stats", params={"since": since}, headers=service_headers)
+    assert response.status_code == 200
+    assert _database_part(response.json()) == _approx(stats_data.SINCE_T)
+
+
+async def test_stats_read_a_since_without_offset_as_utc(
+    client: httpx.AsyncClient, connection: AsyncConnection, service_headers: dict[str, str]
+) -> None:
+    await _seed(connection)
+    response = await client.get(
+        "/api/v1/stats", params={"since": "2026-01-10T00:00:00"}, headers=service_headers
+    )
+    assert response.json()["since"].startswith("2026-01-10T00:00:00")
+    assert response.json()["since"].endswith(("+00:00", "Z"))
+    assert _database_part(response.json()) == _approx(stats_data.SINCE_T)
+
+
+async def test_stats_after_the_last_record_are_zero_with_null_response_times(
+    client: httpx.AsyncClient, connection: AsyncConnection, service_headers: dict[str, str]
+) -> None:
+    await _seed(connection)
+    response = await client.get(
+        "/api/v1/stats", params={"since": "2030-01-01T00:00:00Z"}, headers=service_headers
+    )
+    body = response.json()
+    assert body["conversations"]["total"] == 0
+    assert body["messages"]["total"] == 0
+    assert body["escalations"] == {
+        "total": 0,
+        "by_status": {"pending": 0, "notified": 0, "in_progress": 0, "resolved": 0},
+        "by_issue_type": {},
+    }
+    assert body["escalation_rate"] == 0
+    assert body["response_time_seconds"] == {"p50": None, "p95": None}
+
+
+async def test_stats_refuse_a_since_that_is_not_a_timestamp(
+    client: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    response = await client.get(
+        "/api/v1/stats", params={"since": "last tuesday"}, headers=service_headers
+    )
+    assert response.status_code == 422
+
+
+async def test_stats_need_a_service_key(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/stats")
+    assert response.status_code == 401
+
+
+async def test_stats_api_block_counts_this_process_requests(
+    client: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    first = (await client.get("/api/v1/stats", headers=service_headers)).json()["api"]
+    await client.get("/healthz")
+    second = (await client.get("/api/v1/stats", headers=service_headers)).json()["api"]
+    # The healthz request and the first stats request itself.
+    assert second["requests"] == first["requests"] + 2
+    assert 0 <= second["error_rate"] <= 1
+
+
+# How large tables get before the plans are checked: enough for the planner to prefer
+# an index over reading everything, small enough to build in a second or two.
+BULK_CONVERSATIONS = 20_000
+BULK_MESSAGES_EACH = 5
+
+
+async def _bulk_history(connection: AsyncConnection) -> None:
+    await connection.execute(text(f"TRUNCATE {TABLES} CASCADE"))
+    # The seq trigger serialises on the conversation row: fine for a chat, slow for a
+    # bulk load. Inside this rolled-back transaction, seq is given directly instead.
+    await connection.execute(text("SET LOCAL statement_timeout = 0"))
+    await connection.execute(text("ALTER TABLE messages DISABLE TRIGGER USER"))
+    await connection.execute(
+        text("INSERT INTO users (id) VALUES ('00000000-0000-4000-8000-000000000002')")
+    )
+    # Spread over a year; only the newest few hundred fall in the last day.
+    await connection.execute(
+        text(
+            "INSERT INTO conversations (user_id, session_id, status, created_at) "
+            "SELECT '00000000-0000-4000-8000-000000000002', 'bulk-session-' || n || '-0123', "
+            "'active', now() - n * interval '26 minutes' "
+            f"FROM generate_series(1, {BULK_CONVERSATIONS}) AS n"
+        )
+    )
+    await connection.execute(
+        text(
+            "INSERT INTO messages (conversation_id, seq, role, content, created_at) "
+            "SELECT c.id, k, CASE WHEN k % 2 = 0 THEN 'assistant' ELSE 'user' END, 'x', "
+            "c.created_at + k * interval '1 second' "
+            f"FROM conversations AS c, generate_series(1, {BULK_MESSAGES_EACH}) AS k"
+        )
+    )
+    await connection.execute(
+        text(
+            "INSERT INTO escalations (conversation_id, issue_type, original_request, created_at) "
+            "SELECT id, 'loan', 'x', created_at FROM conversations"
+        )
+    )
+    for table in ("conversations", "messages", "escalations"):
+        await connection.execute(text(f"ANALYZE {table}"))
+
+
+async def test_windowed_stats_queries_read_indexes_not_whole_tables(
+    connection: AsyncConnection,
+) -> None:
+    await _bulk_history(connection)
+    since = "(now() - interval '1 day')"
+    for name, query in stats._WINDOWED.items():
+        plan_rows = await connection.execute(text("EXPLAIN " + query.text.replace(":since", since)))
+        plan = "\n".join(row[0] for row in plan_rows)
+        assert not re.search(r"Seq Scan on (conversations|messages|escalations)", plan), (
+            name,
+            plan,
+        )
+
+
+# The CLI reads committed data: its own database, seeded once.
+@pytest.fixture(scope="module")
+def stats_database(server_url: str) -> Iterator[str]:
+    with fresh_database(server_url) as url:
+        upgrade_to_head(url)
+        run(execute(url, *stats_data.statements()))
+        yield url
+
+
+def _parse_table(output: str) -> dict[str, str]:
+    values = {}
+    for line in output.splitlines():
+        name, _, value = line.partition(" ")
+        values[name] = value.strip()
+    return values
+
+
+def _flatten(numbers: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in numbers.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _assert_table_matches(table: dict[str, str], expected: dict[str, Any]) -> None:
+    for name, value in _flatten(expected).items():
+        assert name in table, name
+        assert float(table[name]) == pytest.approx(value, abs=1e-4), name
+
+
+def test_cli_stats_print_the_same_numbers_as_the_api(stats_database: str, tmp_path: Path) -> None:
+    result = run_cli("stats", database_url=stats_database, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    table = _parse_table(result.stdout)
+    assert table["since:"] == "all time"
+    _assert_table_matches(table, stats_data.ALL_TIME)
+
+
+def test_cli_stats_window_by_since(stats_database: str, tmp_path: Path) -> None:
+    result = run_cli(
+        "stats", "--since", "2026-01-10T00:00:00+00:00", database_url=stats_database, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    _assert_table_matches(_parse_table(result.stdout), stats_data.SINCE_T)
+
+
+def test_cli_stats_show_a_dash_for_response_times_when_nothing_was_answered(
+    stats_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", stats_database)
+    output = io.StringIO()
+    with redirect_stdout(output):
+        main(["stats", "--since", "2031-01-01"])
+    table = _parse_table(output.getvalue())
+    assert table["since:"] == "2031-01-01T00:00:00+00:00"
+    assert table["response_time_seconds.p50"] == "-"
+    assert table["conversations.total"] == "0"
