@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import NotFound, Unprocessable
 from app.models import Conversation, User
-from app.repositories import conversations
+from app.repositories import conversations, users
 from tests.helpers import add_messages, new_session_id, open_session
 
 
@@ -182,3 +182,27 @@ async def test_purging_deletes_archived_conversations_in_batches(db: AsyncSessio
     )
     remaining = (await db.execute(select(Conversation.id))).scalars().all()
     assert remaining == [kept.conversation_id]
+
+
+async def test_purging_a_users_last_conversation_removes_the_user(db: AsyncSession) -> None:
+    gone = await open_session(db, email="leaving@example.org")
+    await conversations.set_status(db, conversation_id=gone.conversation_id, status="archived")
+    await _age(db, gone.conversation_id, 100)
+    assert (
+        await conversations.purge_archived(db, archived_days=90, batch_size=10, dry_run=False) == 1
+    )
+    assert await db.get(User, gone.user_id, populate_existing=True) is None
+
+
+async def test_purging_keeps_a_user_who_still_has_a_conversation(db: AsyncSession) -> None:
+    first = await open_session(db, email="staying@example.org")
+    second = await open_session(db)
+    await users.apply_contact(
+        db, conversation_id=second.conversation_id, changes={"email": "staying@example.org"}
+    )
+    await conversations.set_status(db, conversation_id=first.conversation_id, status="archived")
+    await _age(db, first.conversation_id, 100)
+    assert (
+        await conversations.purge_archived(db, archived_days=90, batch_size=10, dry_run=False) == 1
+    )
+    assert await db.get(User, first.user_id, populate_existing=True) is not None

@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, func, select, text, tuple_, update
+from sqlalchemy import and_, delete, exists, func, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import NotFound, Unprocessable
-from app.models import Conversation, Escalation, Message
+from app.models import Conversation, Escalation, Message, User
 from app.repositories import Record, users
 
 SESSION_COLUMNS = (
@@ -250,6 +250,16 @@ async def purge_archived(
         .scalar_subquery()
     )
     result = await session.execute(
-        delete(Conversation).where(Conversation.id.in_(batch)).returning(Conversation.id)
+        delete(Conversation).where(Conversation.id.in_(batch)).returning(Conversation.user_id)
     )
-    return len(result.scalars().all())
+    deleted_owners = result.scalars().all()
+    owners = {user_id for user_id in deleted_owners if user_id is not None}
+    if owners:
+        # A user whose last conversation was purged is removed too: nothing of theirs
+        # (contact details included) outlives the retention window.
+        await session.execute(
+            delete(User).where(
+                User.id.in_(owners), ~exists().where(Conversation.user_id == User.id)
+            )
+        )
+    return len(deleted_owners)
