@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Literal
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, NotFound, Unprocessable
@@ -16,12 +16,14 @@ MESSAGE_COLUMNS = "id, conversation_id, seq, role, content, created_at"
 
 # One round trip: lock the conversation (inserts into it queue here; the seq trigger
 # relies on it), refuse archived ones, and insert unless the idempotency key was seen.
+# A hot path: run with exec_driver_sql (asyncpg's $n parameters), past SQLAlchemy's
+# compile and result layers.
 _APPEND = """
 WITH conversation AS (
     SELECT id, status FROM conversations WHERE {match} FOR NO KEY UPDATE
 ), inserted AS (
     INSERT INTO messages (conversation_id, role, content, idempotency_key)
-    SELECT id, :role, :content, :idempotency_key FROM conversation
+    SELECT id, $2, $3, $4 FROM conversation
     WHERE status <> 'archived'
     ON CONFLICT (conversation_id, idempotency_key) WHERE idempotency_key IS NOT NULL
     DO NOTHING
@@ -31,8 +33,8 @@ SELECT conversation.id AS found_conversation_id, conversation.status AS conversa
        inserted.*
 FROM conversation LEFT JOIN inserted ON true
 """
-APPEND_BY_SESSION = text(_APPEND.format(match="session_id = :key", columns=MESSAGE_COLUMNS))
-APPEND_BY_ID = text(_APPEND.format(match="id = :key", columns=MESSAGE_COLUMNS))
+APPEND_BY_SESSION = _APPEND.format(match="session_id = $1", columns=MESSAGE_COLUMNS)
+APPEND_BY_ID = _APPEND.format(match="id = $1", columns=MESSAGE_COLUMNS)
 
 
 async def append(
@@ -52,16 +54,10 @@ async def append(
     if (session_id is None) == (conversation_id is None):
         raise ValueError("give exactly one of session_id, conversation_id")
     statement = APPEND_BY_SESSION if session_id is not None else APPEND_BY_ID
+    connection = await session.connection()
+    key = session_id if session_id is not None else conversation_id
     row = (
-        await session.execute(
-            statement,
-            {
-                "key": session_id if session_id is not None else conversation_id,
-                "role": role,
-                "content": content,
-                "idempotency_key": idempotency_key,
-            },
-        )
+        await connection.exec_driver_sql(statement, (key, role, content, idempotency_key))
     ).one_or_none()
     if row is None:
         raise NotFound("Session not found" if session_id is not None else "Conversation not found")
@@ -97,23 +93,21 @@ LEFT JOIN LATERAL (
     SELECT {columns} FROM messages
     WHERE conversation_id = conversation.id {bound}
     ORDER BY seq {direction}
-    LIMIT :limit
+    LIMIT $2
 ) AS page ON true
 WHERE conversation.{match}
 """
 
 
-def _page_statement(match: str, mode: Literal["latest", "before", "after"]) -> Any:
-    bound = {"latest": "", "before": "AND seq < :cursor", "after": "AND seq > :cursor"}[mode]
+def _page_statement(match: str, mode: Literal["latest", "before", "after"]) -> str:
+    bound = {"latest": "", "before": "AND seq < $3", "after": "AND seq > $3"}[mode]
     direction = "ASC" if mode == "after" else "DESC"
-    return text(
-        _PAGE_BASE.format(columns=MESSAGE_COLUMNS, bound=bound, direction=direction, match=match)
-    )
+    return _PAGE_BASE.format(columns=MESSAGE_COLUMNS, bound=bound, direction=direction, match=match)
 
 
 _PAGE_STATEMENTS = {
     (match_name, mode): _page_statement(match, mode)
-    for match_name, match in (("session", "session_id = :key"), ("id", "id = :key"))
+    for match_name, match in (("session", "session_id = $1"), ("id", "id = $1"))
     for mode in ("latest", "before", "after")
 }
 
@@ -138,16 +132,11 @@ async def page(
         "before" if before is not None else "after" if after is not None else "latest"
     )
     statement = _PAGE_STATEMENTS[("session" if session_id is not None else "id", mode)]
-    rows = (
-        await session.execute(
-            statement,
-            {
-                "key": session_id if session_id is not None else conversation_id,
-                "limit": limit + 1,
-                "cursor": before if before is not None else after,
-            },
-        )
-    ).all()
+    key = session_id if session_id is not None else conversation_id
+    cursor = before if before is not None else after
+    connection = await session.connection()
+    arguments = (key, limit + 1) if cursor is None else (key, limit + 1, cursor)
+    rows = list((await connection.exec_driver_sql(statement, arguments)).all())
     if not rows:
         raise NotFound("Session not found" if session_id is not None else "Conversation not found")
     items = [row for row in rows if row.id is not None]

@@ -1,0 +1,458 @@
+"""`uv run python -m bench`: the service against a raw-asyncpg floor, side by side.
+
+Creates and seeds its own database, starts the service (one worker) and the baseline
+app, drives both from a separate load-generator process in interleaved rounds
+(A, B, B, A, ...) and prints medians as ratios, which hold on a noisy shared machine.
+See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench import seed
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "bench-service-key"
+CONTENT = json.dumps({"content": "Hello, I would like to know how to raise my card limit."})
+
+
+def log(message: str) -> None:
+    """Progress on stderr; the report goes to stdout."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_ready(port: int, path: str, process: subprocess.Popen[bytes], limit: float = 30) -> float:
+    """Seconds until GET path answers 200."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit:
+        if process.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as answer:
+                if answer.status == 200:
+                    return time.perf_counter() - started
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.005)
+    raise RuntimeError(f"server on port {port} not ready after {limit} s")
+
+
+@dataclass
+class Server:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    ready_path: str
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    startup_s: float = 0.0
+
+    def start(self) -> None:
+        """Start it on a free port and wait until it is ready."""
+        self.port = free_port()
+        command = [part.replace("{port}", str(self.port)) for part in self.command]
+        started = time.perf_counter()
+        self.process = subprocess.Popen(  # noqa: S603
+            command, cwd=ROOT, env={**os.environ, **self.env}, stdout=subprocess.DEVNULL
+        )
+        wait_ready(self.port, self.ready_path, self.process)
+        self.startup_s = time.perf_counter() - started
+
+    def stop(self) -> None:
+        """SIGINT (a graceful uvicorn shutdown), then wait."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident set size of the process so far (VmHWM)."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+
+
+class LoadGenerator:
+    """The bench.load process: one JSON job in, one JSON result out."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.load"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Run one job and return its result."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(job) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the load generator died")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def close(self) -> None:
+        """End it (closing stdin ends its loop)."""
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=10)
+
+
+@dataclass
+class Scenario:
+    name: str
+    label: str
+    method: str
+    paths: list[str]
+    results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def median(self, target: str, key: str) -> float:
+        """The median of one figure over the rounds."""
+        return statistics.median(result[key] for result in self.results[target])
+
+
+def scenarios(plan: seed.Plan, rng: random.Random) -> list[Scenario]:
+    """The requests a chat backend lives on, over the seeded data."""
+    hot = [seed.session_id(k * seed.HOT_STRIDE) for k in range(1, plan.hot + 1)]
+    rng.shuffle(hot)
+    shallow = [
+        seed.session_id(k * seed.HOT_STRIDE) for k in range(1, seed.SHALLOW_CONVERSATIONS + 1)
+    ]
+    medium_last = seed.SHALLOW_CONVERSATIONS + seed.MEDIUM_CONVERSATIONS
+    medium = [seed.session_id(k * seed.HOT_STRIDE) for k in range(1, medium_last + 1)]
+    long_session = seed.session_id(plan.long_conversation)
+    base = "/api/v1/sessions/"
+    postable = [sid for sid in hot if sid != long_session]
+
+    def shuffled(paths: list[str], count: int = 5000) -> list[str]:
+        return [rng.choice(paths) for _ in range(count)]
+
+    return [
+        Scenario("session", "GET session", "GET", [base + sid for sid in hot]),
+        Scenario(
+            "history",
+            "GET history (latest 50)",
+            "GET",
+            shuffled([f"{base}{sid}/messages" for sid in medium]),
+        ),
+        Scenario(
+            "deep",
+            "GET history before= (100,000-message conv.)",
+            "GET",
+            [
+                f"{base}{long_session}/messages?before={rng.randint(1_000, 2_000)}"
+                for _ in range(5000)
+            ],
+        ),
+        Scenario(
+            "shallow",
+            "GET history before= (100-message conv.)",
+            "GET",
+            [
+                f"{base}{rng.choice(shallow)}/messages?before={rng.randint(51, 100)}"
+                for _ in range(5000)
+            ],
+        ),
+        Scenario("post", "POST message", "POST", [f"{base}{sid}/messages" for sid in postable]),
+    ]
+
+
+def measure_stats(port: int, samples: int = 15) -> list[float]:
+    """Sequential GET /stats?since=<24h ago>, in milliseconds (after one warm-up call)."""
+    since = (datetime.now(UTC) - timedelta(hours=24)).isoformat()
+    url = f"http://127.0.0.1:{port}/api/v1/stats?since={urllib.request.quote(since)}"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {API_KEY}"})
+    timings = []
+    for attempt in range(samples + 1):
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
+            answer.read()
+            if answer.status != 200:
+                raise RuntimeError(f"/stats answered {answer.status}")
+        if attempt:
+            timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def run(arguments: argparse.Namespace) -> int:
+    """The whole bench; returns the exit code (1 when a target is missed)."""
+    server_url = arguments.server_url
+    plan = seed.Plan(conversations=arguments.conversations, filler=arguments.filler)
+    rng = random.Random(arguments.seed)  # noqa: S311 - reproducible load, not secrets
+    run_started = time.perf_counter()
+    name = asyncio.run(seed.create_database(server_url))
+    url = seed.database_url(server_url, name)
+    log(f"bench database {name}")
+    servers: list[Server] = []
+    load: LoadGenerator | None = None
+    try:
+        from app.migrations import upgrade_to_head
+
+        started = time.perf_counter()
+        upgrade_to_head(url)
+        log(f"  migrated in {time.perf_counter() - started:.1f} s")
+        seed_started = time.perf_counter()
+        asyncio.run(seed.seed(url, plan, log))
+        seed_seconds = time.perf_counter() - seed_started
+        rows = asyncio.run(seed.counts(url))
+        log(f"  rows: {rows}")
+
+        service_env = {
+            "DATABASE_URL": url,
+            "LOG_LEVEL": "WARNING",
+            "API_KEYS": API_KEY,
+            **dict(item.split("=", 1) for item in arguments.service_env),
+        }
+        bin_dir = Path(sys.executable).parent
+        service = Server(
+            "service",
+            [str(bin_dir / "member-support"), "serve", "--port", "{port}", "--workers", "1"],
+            service_env,
+            "/readyz",
+        )
+        baseline = Server(
+            "baseline",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.baseline:app",
+                "--port",
+                "{port}",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--no-server-header",
+            ],
+            {"BASELINE_DSN": url},
+            "/readyz",
+        )
+        servers = [service, baseline]
+        startups = []
+        for _ in range(3):
+            service.start()
+            startups.append(service.startup_s)
+            service.stop()
+        service.start()
+        baseline.start()
+        log(
+            f"  service start-up {[round(s, 2) for s in startups]} s; "
+            f"baseline {baseline.startup_s:.2f} s"
+        )
+
+        load = LoadGenerator()
+        cases = scenarios(plan, rng)
+        for round_number in range(arguments.rounds):
+            order = [service, baseline] if round_number % 2 == 0 else [baseline, service]
+            for case in cases:
+                for server in order:
+                    result = load.run(
+                        {
+                            "name": case.name,
+                            "host": "127.0.0.1",
+                            "port": server.port,
+                            "method": case.method,
+                            "paths": case.paths,
+                            "body": CONTENT,
+                            "connections": arguments.connections,
+                            "seconds": arguments.seconds,
+                            "warmup": arguments.warmup,
+                        }
+                    )
+                    bad = {code: n for code, n in result["statuses"].items() if code[0] != "2"}
+                    if bad:
+                        raise RuntimeError(f"{server.name} {case.name}: non-2xx answers {bad}")
+                    case.results.setdefault(server.name, []).append(result)
+            log(f"  round {round_number + 1}/{arguments.rounds} done")
+        peak_rss = {server.name: server.peak_rss_mb() for server in servers}
+        stats_ms = measure_stats(service.port)
+        report = Report(
+            cases=cases,
+            startups=startups,
+            peak_rss=peak_rss,
+            stats_ms=stats_ms,
+            rows=rows,
+            seed_seconds=seed_seconds,
+            arguments=arguments,
+        )
+        passed = report.print()
+        if arguments.json:
+            Path(arguments.json).write_text(json.dumps(report.as_dict(), indent=2))
+        log(f"bench took {time.perf_counter() - run_started:.0f} s")
+        return 0 if passed else 1
+    finally:
+        if load is not None:
+            load.close()
+        for server in servers:
+            server.stop()
+        if arguments.keep:
+            log(f"kept database {name}: {url}")
+        else:
+            asyncio.run(seed.drop_database(server_url, name))
+
+
+@dataclass
+class Report:
+    cases: list[Scenario]
+    startups: list[float]
+    peak_rss: dict[str, float]
+    stats_ms: list[float]
+    rows: dict[str, int]
+    seed_seconds: float
+    arguments: argparse.Namespace
+    checks: list[tuple[str, str, bool]] = field(default_factory=list)
+
+    def case(self, name: str) -> Scenario:
+        """A scenario by name."""
+        return next(case for case in self.cases if case.name == name)
+
+    def check(self, label: str, figure: str, ok: bool) -> None:
+        """Record one target."""
+        self.checks.append((label, figure, ok))
+
+    def print(self) -> bool:
+        """Print the report; True when every target is met."""
+        out: Callable[[str], None] = print
+        rows = ", ".join(f"{n:,} {table}" for table, n in self.rows.items())
+        out(f"\nData: {rows} (seeded in {self.seed_seconds:.0f} s)")
+        out(
+            f"Load: {self.arguments.connections} connections, {self.arguments.rounds} interleaved "
+            f"rounds of {self.arguments.seconds:g} s per request kind and server; "
+            "medians over rounds\n"
+        )
+        out(
+            f"{'request':<46}{'service req/s':>14}{'baseline req/s':>15}{'ratio':>7}"
+            f"{'p50 ms':>8}{'p99 ms':>8}{'p99/p50':>8}{'base p50':>9}"
+        )
+        for case in self.cases:
+            service = case.median("service", "rps")
+            baseline = case.median("baseline", "rps")
+            p50 = case.median("service", "p50_ms")
+            p99 = case.median("service", "p99_ms")
+            out(
+                f"{case.label:<46}{service:>14.0f}{baseline:>15.0f}{service / baseline:>7.2f}"
+                f"{p50:>8.2f}{p99:>8.2f}{p99 / p50:>8.2f}{case.median('baseline', 'p50_ms'):>9.2f}"
+            )
+        out("")
+        for name, floor in (("session", 0.6), ("history", 0.6), ("post", 0.5)):
+            case = self.case(name)
+            ratio = case.median("service", "rps") / case.median("baseline", "rps")
+            self.check(
+                f"{case.label}: service/baseline req/s >= {floor}", f"{ratio:.2f}", ratio >= floor
+            )
+        deep = self.case("deep").median("service", "p50_ms")
+        shallow = self.case("shallow").median("service", "p50_ms")
+        self.check(
+            "deep before= page p50 <= 1.1 x 100-message page p50",
+            f"{deep / shallow:.2f} ({deep:.2f} / {shallow:.2f} ms)",
+            deep / shallow <= 1.1,
+        )
+        stats_median = statistics.median(self.stats_ms)
+        self.check(
+            f"/stats?since=<24h ago> with {self.rows['conversations']:,} conversations < 100 ms",
+            f"median {stats_median:.1f} ms, max {max(self.stats_ms):.1f} ms",
+            stats_median < 100,
+        )
+        for case in self.cases:
+            if case.name in ("deep", "shallow"):
+                continue
+            spread = case.median("service", "p99_ms") / case.median("service", "p50_ms")
+            self.check(
+                f"{case.label}: p99 <= 3 x p50 at {self.arguments.connections} connections",
+                f"{spread:.2f}",
+                spread <= 3,
+            )
+        startup = statistics.median(self.startups)
+        self.check(
+            "start-up (spawn to /readyz 200) < 1.5 s", f"median {startup:.2f} s", startup < 1.5
+        )
+        rss = self.peak_rss["service"]
+        self.check(
+            "peak RSS of the worker under load < 150 MB",
+            f"{rss:.0f} MB (baseline {self.peak_rss['baseline']:.0f} MB)",
+            rss < 150,
+        )
+        width = max(len(label) for label, _, _ in self.checks)
+        for label, figure, ok in self.checks:
+            out(f"{'PASS' if ok else 'FAIL'}  {label:<{width}}  {figure}")
+        return all(ok for _, _, ok in self.checks)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Everything measured, for --json."""
+        return {
+            "rows": self.rows,
+            "startups_s": self.startups,
+            "peak_rss_mb": self.peak_rss,
+            "stats_ms": self.stats_ms,
+            "cases": {case.name: case.results for case in self.cases},
+            "checks": [{"target": t, "figure": f, "ok": ok} for t, f, ok in self.checks],
+        }
+
+
+def main() -> None:
+    """Parse the command line and run."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--server-url",
+        default=os.environ.get(
+            "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="PostgreSQL server to create the bench database on (BENCH_DATABASE_URL)",
+    )
+    parser.add_argument("--conversations", type=int, default=1_000_000)
+    parser.add_argument(
+        "--filler", type=int, default=88, help="messages in each other hot conversation"
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds per run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the service (repeatable), e.g. DB_POOL_PRE_PING=true",
+    )
+    parser.add_argument("--json", help="also write every figure to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    raise SystemExit(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
