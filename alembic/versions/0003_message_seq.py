@@ -49,9 +49,15 @@ def upgrade() -> None:
             -- Locks the conversation row: concurrent inserts into one conversation
             -- queue here, and every message bumps the conversation's activity.
             UPDATE conversations SET updated_at = now() WHERE id = NEW.conversation_id;
-            SELECT coalesce(max(seq), 0) + 1 INTO NEW.seq
-            FROM messages
-            WHERE conversation_id IS NOT DISTINCT FROM NEW.conversation_id;
+            -- An equality match, so the (conversation_id, seq) index
+            -- answers max(seq) with one backward probe instead of a table scan.
+            IF NEW.conversation_id IS NULL THEN
+                SELECT coalesce(max(seq), 0) + 1 INTO NEW.seq
+                FROM messages WHERE conversation_id IS NULL;
+            ELSE
+                SELECT coalesce(max(seq), 0) + 1 INTO NEW.seq
+                FROM messages WHERE conversation_id = NEW.conversation_id;
+            END IF;
             RETURN NEW;
         END
         $$
