@@ -27,7 +27,12 @@ def _unique_statement_name() -> str:
 
 def connect_args(settings: Settings, target: DatabaseTarget, *, pooled: bool) -> dict[str, Any]:
     """asyncpg connect() arguments for a target, pooler-safe when the settings say so."""
-    args: dict[str, Any] = {"server_settings": {"application_name": "member-support"}}
+    args: dict[str, Any] = {
+        "server_settings": {"application_name": "member-support"},
+        # asyncpg waits 60 s for a silent server by default; a request must get its 503
+        # within the pool timeout instead.
+        "timeout": settings.db_pool_timeout_s,
+    }
     if target.ssl is not None:
         args["ssl"] = target.ssl
     if settings.transaction_pooler:
