@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import and_, exists, select, tuple_, update
+from sqlalchemy import and_, exists, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -92,7 +92,9 @@ async def open_escalation(
         )
         .on_conflict_do_nothing(
             index_elements=["conversation_id", "issue_type"],
-            index_where=Escalation.status != "resolved",
+            # A literal, as in the index: a bound value would stop PostgreSQL from
+            # inferring the partial index once it switches to a generic plan (42P10).
+            index_where=text("status <> 'resolved'"),
         )
         .returning(Escalation)
     )
