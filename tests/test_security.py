@@ -64,6 +64,32 @@ async def test_a_member_session_id_is_no_service_credential(client: httpx.AsyncC
     assert response.status_code == 401
 
 
+# --- API5 function-level authorization ---------------------------------------------------
+
+MEMBER_AND_OPS_PREFIXES = ("/api/v1/sessions", "/healthz", "/readyz", "/metrics", "/docs", "/redoc")
+
+
+def _service_operations() -> list[tuple[str, str]]:
+    schema = create_app(make_settings("postgresql://schema@127.0.0.1:1/only")).openapi()
+    return [
+        (method.upper(), path)
+        for path, operations in schema["paths"].items()
+        if not path.startswith(MEMBER_AND_OPS_PREFIXES)
+        for method in operations
+    ]
+
+
+@pytest.mark.parametrize(("method", "path"), _service_operations())
+async def test_every_route_outside_member_and_ops_requires_the_service_key(
+    client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    concrete = path.replace("{", "").replace("}", "")  # ids need not exist: auth comes first
+    for name in ("conversation_id", "escalation_id", "user_id", "id"):
+        concrete = concrete.replace(name, "00000000-0000-0000-0000-000000000000")
+    response = await client.request(method, concrete, json={})
+    assert response.status_code == 401
+
+
 # --- API2 authentication (service keys) ----------------------------------------------------
 
 
