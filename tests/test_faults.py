@@ -154,11 +154,11 @@ async def test_an_outage_answers_503_and_loses_or_doubles_no_acknowledged_write(
     url, pooler = service_url
     await _truncate(own_postgres.url)
     settings = _fault_settings(url, db_pooler=pooler)
-    # Through a pooler the wait for a server connection is the statement's, so the
-    # client-side backstop (statement timeout + pool timeout) bounds it.
-    slowest_allowed = POOL_TIMEOUT_S + (
-        settings.db_statement_timeout_ms / 1000 if pooler == "transaction" else 0
-    )
+    # Through a pooler the wait for a server connection happens inside a statement, so
+    # the client-side backstop (command timeout = statement + pool timeout) bounds it,
+    # after at most a pool timeout spent waiting for one of our own connections.
+    command_timeout = settings.db_statement_timeout_ms / 1000 + POOL_TIMEOUT_S
+    slowest_allowed = POOL_TIMEOUT_S + (command_timeout if pooler == "transaction" else 0)
     app = create_app(settings)
     ledger = Ledger()
     stop = asyncio.Event()
