@@ -28,9 +28,21 @@ def _unique_statement_name() -> str:
 
 def connect_args(settings: Settings, target: DatabaseTarget, *, pooled: bool) -> dict[str, Any]:
     """asyncpg connect() arguments for a target, pooler-safe when the settings say so."""
-    args: dict[str, Any] = {"server_settings": {"application_name": "member-support"}}
+    args: dict[str, Any] = {
+        "server_settings": {"application_name": "member-support"},
+        # asyncpg waits 60 s for a silent server by default; a request must get its 503
+        # within the pool timeout instead.
+        "timeout": settings.db_pool_timeout_s,
+    }
     if target.ssl is not None:
         args["ssl"] = target.ssl
+    if pooled and settings.db_statement_timeout_ms:
+        # A client-side backstop: a transaction pooler whose database is gone keeps the
+        # client waiting for a server connection (PgBouncer: query_wait_timeout, 120 s),
+        # where no server-side statement_timeout can fire.
+        args["command_timeout"] = (
+            settings.db_statement_timeout_ms / 1000 + settings.db_pool_timeout_s
+        )
     if settings.transaction_pooler:
         args["statement_cache_size"] = 0
         args["prepared_statement_cache_size"] = 0

@@ -3,6 +3,11 @@
 Database, in order: TEST_DATABASE_URL; a testcontainers PostgreSQL when a Docker
 engine answers; an embedded PostgreSQL (pgserver). On that server each run makes a
 fresh database, builds it with `alembic upgrade head`, and drops it at the end.
+
+TEST_POOLER_URL (e.g. a PgBouncer in transaction mode in front of that server): the
+fresh database is still created and migrated directly, but the app and the test
+engine reach it through the pooler, as the service runs behind Supavisor (6543).
+Set TEST_DB_POOLER=transaction with it.
 """
 
 from __future__ import annotations
@@ -108,11 +113,26 @@ def server_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def database_url(server_url: str) -> Iterator[str]:
-    """A fresh database migrated to head by Alembic (sync: env.py runs its own loop)."""
+def migration_url(server_url: str) -> Iterator[str]:
+    """A fresh database migrated to head by Alembic over a direct connection (sync:
+    env.py runs its own loop)."""
     with fresh_database(server_url) as url:
         upgrade_to_head(url)
         yield url
+
+
+def through_pooler(direct_url: str) -> str:
+    """The URL the app uses for a database: through TEST_POOLER_URL when it is set."""
+    pooler = os.environ.get("TEST_POOLER_URL")
+    if not pooler:
+        return direct_url
+    return with_database(pooler, make_url(direct_url).database or "postgres")
+
+
+@pytest.fixture(scope="session")
+def database_url(migration_url: str) -> str:
+    """The migrated test database as the app reaches it (through the pooler, if any)."""
+    return through_pooler(migration_url)
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
@@ -128,8 +148,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str) -> Settings:
-    return make_settings(database_url)
+def settings(database_url: str, migration_url: str) -> Settings:
+    return make_settings(database_url, database_migration_url=migration_url)
 
 
 @pytest.fixture(scope="session")
@@ -233,3 +253,21 @@ async def committed_client(
     """An HTTP client whose requests commit for real (for concurrency tests)."""
     async with _client(app) as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def own_postgres() -> Iterator[Any]:
+    """A PostgreSQL of the tests' own (never the shared one), migrated to head, which
+    fault tests may stop and start; skipped where initdb/pg_ctl are missing."""
+    import own_postgres as own
+
+    if not own.available():
+        pytest.skip("initdb/pg_ctl not installed: no PostgreSQL of our own to stop")
+    server = own.OwnPostgres()
+    try:
+        server.init()
+        server.start()
+        upgrade_to_head(server.url)
+        yield server
+    finally:
+        server.destroy()
