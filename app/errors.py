@@ -62,7 +62,22 @@ def _sqlstate(error: BaseException) -> str | None:
 
 
 def is_unavailable(error: BaseException) -> bool:
-    """True when an exception means the database is down, unreachable or overloaded."""
+    """True when an exception means the database is down, unreachable or overloaded.
+
+    The explicit cause chain is followed: SQLAlchemy's driver adapter raises its own
+    error `from` asyncpg's, which is the one that tells.
+    """
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return False
+        if _is_unavailable_here(seen):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def _is_unavailable_here(error: BaseException) -> bool:
     if isinstance(error, DatabaseUnavailable | TimeoutError | ConnectionError | OSError):
         return True
     if isinstance(error, sa_exc.TimeoutError):  # pool exhausted for DB_POOL_TIMEOUT_S
@@ -74,6 +89,10 @@ def is_unavailable(error: BaseException) -> bool:
         if code is not None and code.startswith(_UNAVAILABLE_SQLSTATE_CLASSES):
             return True
         if isinstance(error, sa_exc.InterfaceError | sa_exc.OperationalError) and code is None:
+            return True
+    if isinstance(error, asyncpg.PostgresError):  # raw driver errors (app.fastpath)
+        code = getattr(error, "sqlstate", None)
+        if isinstance(code, str) and code.startswith(_UNAVAILABLE_SQLSTATE_CLASSES):
             return True
     return isinstance(
         error,

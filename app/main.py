@@ -8,10 +8,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import conversations, escalations, ops, sessions, stats, users
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
+from app.fastpath import HotPaths
 from app.metrics import ApiCounters, CountRequests, ObserveRequests, forget_pool, observe_pool
 from app.settings import Settings, load_settings
 
@@ -31,6 +35,59 @@ The persistence and REST layer of the credit union's member support chat.
 Errors are `{"detail": ...}`; 422 bad input, 401 bad key, 404 unknown,
 409 state conflict, 413 body over 64 KB, 503 database unavailable.
 """
+
+
+class BodyLimit:
+    """Bodies over the limit get 413 with the usual JSON error body.
+
+    A declared Content-Length over it is refused before anything is read; a body that
+    grows past it while being read raises HTTPException(413), which FastAPI's handler
+    (or this layer, for the hot-path layer below it) turns into JSON. FastAPI's own
+    `max_body_size` is not used: it answers in plain text.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.detail = f"Request body larger than {max_body_bytes} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.max_body_bytes:
+                    await self._refuse(scope, receive, send)
+                    return
+                break
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise HTTPException(status_code=413, detail=self.detail)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except HTTPException as error:
+            if error.status_code != 413 or started:
+                raise
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse({"detail": self.detail}, status_code=413)
+        await response(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -68,7 +125,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        max_body_size=MAX_BODY_BYTES,
     )
     app.state.settings = settings
     app.state.api_keys = settings.api_key_values
@@ -85,6 +141,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     install_error_handlers(app)
 
+    # Innermost, so CORS headers, counters, metrics and request logs still apply.
+    app.state.hot_paths = not settings.transaction_pooler
+    app.add_middleware(
+        HotPaths,
+        engine=lambda: getattr(app.state, "engine", None) if app.state.hot_paths else None,
+        message_max_chars=settings.message_max_chars,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -93,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Content-Type", "Idempotency-Key"],
             max_age=600,
         )
+    app.add_middleware(BodyLimit, max_body_bytes=MAX_BODY_BYTES)
     app.add_middleware(CountRequests, counters=app.state.api_counters)
     app.add_middleware(ObserveRequests)
     return app

@@ -199,6 +199,9 @@ class RouteTemplates:
     def __call__(self, scope: Scope) -> str:
         # FastAPI marks API routes in scope["route"]; its own plain routes (/docs,
         # /openapi.json) leave only their endpoint behind.
+        served_below_the_framework = scope.get("route_template")  # app.fastpath
+        if served_below_the_framework is not None:
+            return str(served_below_the_framework)
         route = scope.get("route") or scope.get("endpoint")
         if route is None:
             return UNMATCHED_ROUTE

@@ -218,11 +218,14 @@ async def client(app: FastAPI, connection: AsyncConnection) -> AsyncIterator[htt
             await session.close()
 
     app.dependency_overrides[get_session] = joined_session
+    # The hot-path layer uses its own pooled connections, outside the test's transaction.
+    app.state.hot_paths = False
     try:
         async with _client(app) as http:
             yield http
     finally:
         app.dependency_overrides.pop(get_session, None)
+        app.state.hot_paths = not app.state.settings.transaction_pooler
 
 
 @pytest.fixture

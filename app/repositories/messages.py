@@ -105,7 +105,7 @@ def _page_statement(match: str, mode: Literal["latest", "before", "after"]) -> s
     return _PAGE_BASE.format(columns=MESSAGE_COLUMNS, bound=bound, direction=direction, match=match)
 
 
-_PAGE_STATEMENTS = {
+PAGE_STATEMENTS = {
     (match_name, mode): _page_statement(match, mode)
     for match_name, match in (("session", "session_id = $1"), ("id", "id = $1"))
     for mode in ("latest", "before", "after")
@@ -131,7 +131,7 @@ async def page(
     mode: Literal["latest", "before", "after"] = (
         "before" if before is not None else "after" if after is not None else "latest"
     )
-    statement = _PAGE_STATEMENTS[("session" if session_id is not None else "id", mode)]
+    statement = PAGE_STATEMENTS[("session" if session_id is not None else "id", mode)]
     key = session_id if session_id is not None else conversation_id
     cursor = before if before is not None else after
     connection = await session.connection()

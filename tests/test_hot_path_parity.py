@@ -1,0 +1,195 @@
+"""The hot-path layer answers exactly as the FastAPI routes do, and hands over the rest."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.fastpath import HotPaths
+
+BASE = "/api/v1/sessions"
+
+
+@pytest.fixture
+async def both(
+    app: FastAPI, committed_client: httpx.AsyncClient
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """The committed client, and a switch for the hot-path layer."""
+
+    def switch(enabled: bool) -> None:
+        app.state.hot_paths = enabled
+
+    try:
+        yield committed_client, switch
+    finally:
+        switch(True)
+
+
+async def _twice(both: Any, method: str, url: str, **kwargs: Any) -> tuple[Any, Any]:
+    client, switch = both
+    switch(True)
+    fast = await client.request(method, url, **kwargs)
+    switch(False)
+    framework = await client.request(method, url, **kwargs)
+    switch(True)
+    return fast, framework
+
+
+def _same(fast: httpx.Response, framework: httpx.Response) -> None:
+    assert fast.status_code == framework.status_code
+    assert fast.content == framework.content
+    assert fast.headers["content-type"] == framework.headers["content-type"]
+
+
+async def _session_with_history(client: httpx.AsyncClient, count: int) -> str:
+    session_id = (await client.post(BASE)).json()["session_id"]
+    for index in range(count):
+        response = await client.post(
+            f"{BASE}/{session_id}/messages", json={"content": f"message {index} ✓"}
+        )
+        assert response.status_code == 201
+    return str(session_id)
+
+
+def test_the_layer_is_installed(app: FastAPI) -> None:
+    layers = [middleware.cls for middleware in app.user_middleware]
+    assert HotPaths in layers
+
+
+async def test_a_session_reads_the_same_both_ways(both: Any) -> None:
+    session_id = await _session_with_history(both[0], 1)
+    _same(*await _twice(both, "GET", f"{BASE}/{session_id}"))
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "?limit=3",
+        "?before=5",
+        "?before=5&limit=2",
+        "?after=2",
+        "?after=2&limit=200",
+        "?after=9",
+    ],
+)
+async def test_history_pages_read_the_same_both_ways(both: Any, query: str) -> None:
+    session_id = await _session_with_history(both[0], 8)
+    _same(*await _twice(both, "GET", f"{BASE}/{session_id}/messages{query}"))
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?limit=0",
+        "?limit=201",
+        "?limit=x",
+        "?before=1&after=2",
+        "?before=-1",
+        "?cursor=1",
+        "?limit=1&limit=2",
+        "?before=99999999999999999999",
+    ],
+)
+async def test_odd_history_queries_get_the_frameworks_answer(both: Any, query: str) -> None:
+    session_id = await _session_with_history(both[0], 2)
+    _same(*await _twice(both, "GET", f"{BASE}/{session_id}/messages{query}"))
+
+
+async def test_unknown_sessions_get_the_frameworks_404(both: Any) -> None:
+    unknown = "x" * 20
+    _same(*await _twice(both, "GET", f"{BASE}/{unknown}"))
+    _same(*await _twice(both, "GET", f"{BASE}/{unknown}/messages"))
+    _same(*await _twice(both, "POST", f"{BASE}/{unknown}/messages", json={"content": "hi"}))
+
+
+async def test_a_sent_message_is_shaped_like_the_frameworks(both: Any) -> None:
+    client, switch = both
+    session_id = await _session_with_history(client, 0)
+    switch(True)
+    fast = await client.post(
+        f"{BASE}/{session_id}/messages", json={"content": "from the fast path"}
+    )
+    switch(False)
+    framework = await client.post(f"{BASE}/{session_id}/messages", json={"content": "from FastAPI"})
+    switch(True)
+    assert fast.status_code == framework.status_code == 201
+    fast_body, framework_body = fast.json(), framework.json()
+    assert list(fast_body) == list(framework_body)
+    assert (fast_body["seq"], framework_body["seq"]) == (1, 2)
+    assert fast_body["created_at"][-6:] == framework_body["created_at"][-6:] == "+00:00"
+
+
+async def test_an_idempotent_replay_through_the_layer_returns_the_original(both: Any) -> None:
+    client, _ = both
+    session_id = await _session_with_history(client, 0)
+    headers = {"Idempotency-Key": "hot-1"}
+    first = await client.post(
+        f"{BASE}/{session_id}/messages", json={"content": "a"}, headers=headers
+    )
+    again = await client.post(
+        f"{BASE}/{session_id}/messages", json={"content": "a"}, headers=headers
+    )
+    other = await client.post(
+        f"{BASE}/{session_id}/messages", json={"content": "b"}, headers=headers
+    )
+    assert (first.status_code, again.status_code, other.status_code) == (201, 200, 422)
+    assert again.json() == first.json()
+    history = await client.get(f"{BASE}/{session_id}/messages")
+    assert [item["content"] for item in history.json()["items"]] == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b'{"content": "   "}', {"content-type": "application/json"}),
+        (b'{"content": "a\\u0000b"}', {"content-type": "application/json"}),
+        (b'{"content": "hi", "role": "assistant"}', {"content-type": "application/json"}),
+        (b'{"content": 5}', {"content-type": "application/json"}),
+        (b'{"content": "hi"}', {"content-type": "text/plain"}),
+        (b'{"content": NaN}', {"content-type": "application/json"}),
+        (b'["content"]', {"content-type": "application/json"}),
+        (b'{"content": "hi"}', {"content-type": "application/json", "idempotency-key": ""}),
+        (b'{"content": "' + b"x" * 8001 + b'"}', {"content-type": "application/json"}),
+        (b'{"content": "' + b"x" * 70000 + b'"}', {"content-type": "application/json"}),
+    ],
+)
+async def test_odd_sends_get_the_frameworks_answer_and_store_nothing(
+    both: Any, body: bytes, headers: dict[str, str]
+) -> None:
+    client, _ = both
+    session_id = await _session_with_history(client, 0)
+    fast, framework = await _twice(
+        both, "POST", f"{BASE}/{session_id}/messages", content=body, headers=headers
+    )
+    assert fast.status_code == framework.status_code
+    assert 400 <= fast.status_code < 500
+    assert fast.json() == framework.json()
+    history = await client.get(f"{BASE}/{session_id}/messages")
+    assert history.json()["items"] == []
+
+
+async def test_an_archived_conversation_refuses_through_the_layer(
+    both: Any, service_headers: dict[str, str]
+) -> None:
+    client, _ = both
+    session_id = await _session_with_history(client, 0)
+    conversation_id = (await client.get(f"{BASE}/{session_id}")).json()["conversation_id"]
+    await client.patch(
+        f"/api/v1/conversations/{conversation_id}",
+        json={"status": "archived"},
+        headers=service_headers,
+    )
+    response = await client.post(f"{BASE}/{session_id}/messages", json={"content": "late"})
+    assert response.status_code == 409
+
+
+async def test_the_layer_stands_aside_behind_a_transaction_pooler(app: FastAPI) -> None:
+    if app.state.settings.transaction_pooler:
+        assert app.state.hot_paths is False
+    else:
+        assert app.state.hot_paths is True
