@@ -177,15 +177,24 @@ def database_error_response(request: Request, error: BaseException) -> JSONRespo
     return JSONResponse(_body("Internal server error"), status_code=500)
 
 
-def _unavailable(request: Request, error: BaseException) -> JSONResponse:
+UNAVAILABLE_DETAIL = "Database unavailable, try again shortly"
+UNAVAILABLE_RETRY_AFTER_S = 2
+
+
+def note_unavailable(error: BaseException, path_template: str) -> None:
+    """Log a database outage met by a request (type and route only, never the message)."""
     log.warning(
         "database_unavailable",
-        extra={"error_type": type(error).__name__, "path_template": _template(request)},
+        extra={"error_type": type(error).__name__, "path_template": path_template},
     )
+
+
+def _unavailable(request: Request, error: BaseException) -> JSONResponse:
+    note_unavailable(error, _template(request))
     return JSONResponse(
-        _body("Database unavailable, try again shortly"),
+        _body(UNAVAILABLE_DETAIL),
         status_code=503,
-        headers={"Retry-After": "2"},
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
     )
 
 

@@ -25,7 +25,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import is_unavailable
+from app.errors import (
+    UNAVAILABLE_DETAIL,
+    UNAVAILABLE_RETRY_AFTER_S,
+    is_unavailable,
+    note_unavailable,
+)
 from app.repositories.conversations import GET_SESSION_STATEMENT
 from app.repositories.messages import APPEND_BY_SESSION, PAGE_STATEMENTS
 
@@ -37,7 +42,8 @@ _DIGITS = re.compile(r"[0-9]{1,19}")
 _MAX_SEQ = 2**63 - 1
 _MAX_BODY = 64 * 1024
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-_UNAVAILABLE = orjson.dumps({"detail": "Database unavailable, try again shortly"})
+_UNAVAILABLE = orjson.dumps({"detail": UNAVAILABLE_DETAIL})
+_RETRY_AFTER = [(b"retry-after", str(UNAVAILABLE_RETRY_AFTER_S).encode())]
 
 
 def _dumps(value: Any) -> bytes:
@@ -141,7 +147,8 @@ class HotPaths:
             return
         except Exception as error:
             if is_unavailable(error):
-                await _respond(send, 503, _UNAVAILABLE, [(b"retry-after", b"2")])
+                note_unavailable(error, scope["route_template"])
+                await _respond(send, 503, _UNAVAILABLE, _RETRY_AFTER)
                 return
             # Anything else: the framework path repeats the read and maps the error.
             await self.app(scope, receive, send)
@@ -200,7 +207,8 @@ class HotPaths:
             if not is_unavailable(error):
                 raise
             # Unknown outcome, as on the framework path: the client retries with its key.
-            await _respond(send, 503, _UNAVAILABLE, [(b"retry-after", b"2")])
+            note_unavailable(error, scope["route_template"])
+            await _respond(send, 503, _UNAVAILABLE, _RETRY_AFTER)
             return
         if row is None or row["id"] is None:
             # Unknown session, archived conversation or a replay: all decided by FastAPI
