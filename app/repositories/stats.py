@@ -39,18 +39,20 @@ _RESPONSE_TIMES = """
     SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS p50,
            percentile_cont(0.95) WITHIN GROUP (ORDER BY seconds) AS p95
     FROM (
-        SELECT extract(epoch FROM reply.created_at - asked.created_at)::float8 AS seconds
-        FROM messages AS asked
-        CROSS JOIN LATERAL (
-            SELECT created_at FROM messages AS answer
-            WHERE answer.conversation_id = asked.conversation_id
-              AND answer.seq > asked.seq AND answer.role = 'assistant'
-            ORDER BY answer.seq
-            LIMIT 1
-        ) AS reply
-        WHERE asked.role = 'user'
-          AND {asked_window}
-    ) AS response
+        -- Walking each conversation newest first, the smallest [seq, time] among the
+        -- assistant messages already passed is the next reply of the current message.
+        -- One sort and one pass, however many user messages wait for a reply (a
+        -- per-message look-ahead is quadratic in a long unanswered run).
+        SELECT role,
+               (min(ARRAY[seq::float8, extract(epoch FROM created_at)::float8])
+                    FILTER (WHERE role = 'assistant')
+                    OVER (PARTITION BY conversation_id ORDER BY seq DESC
+                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING))[2]
+               - extract(epoch FROM created_at)::float8 AS seconds
+        FROM messages
+        WHERE {window}
+    ) AS timeline
+    WHERE role = 'user' AND seconds IS NOT NULL
     """
 
 
@@ -75,7 +77,6 @@ def _variant(windowed: bool) -> dict[str, Any]:
             query.format(
                 window=window("created_at"),
                 c_window=window("c.created_at"),
-                asked_window=window("asked.created_at"),
             )
         )
         for name, query in _QUERIES.items()
