@@ -26,6 +26,8 @@ CONTACT_INFO_MAX_BYTES = 4096
 ConversationStatus = Literal["active", "escalated", "closed", "archived"]
 EscalationStatus = Literal["pending", "notified", "in_progress", "resolved"]
 Role = Literal["user", "assistant"]
+NotificationStatus = Literal["pending", "delivered", "failed"]
+NotificationType = Literal["escalation.created", "escalation.status_changed"]
 
 
 def _contains_nul(value: Any) -> bool:
@@ -394,6 +396,41 @@ class ApiCounts(ApiModel):
     error_rate: float
 
 
+class Notification(ApiModel):
+    """An outbox event: one webhook delivery, retried until delivered or parked as failed."""
+
+    id: uuid.UUID = Field(description="Also the `webhook-id` header of every attempt")
+    type: NotificationType
+    escalation_id: uuid.UUID
+    status: NotificationStatus
+    attempts: int
+    last_error: str | None
+    next_attempt_at: Timestamp | None = Field(
+        validation_alias="available_at", description="When a pending event is next due"
+    )
+    created_at: Timestamp
+    delivered_at: Timestamp | None
+
+    @field_validator("next_attempt_at", mode="before")
+    @classmethod
+    def _only_when_pending(cls, value: Any, info: Any) -> Any:
+        return value if info.data.get("status") == "pending" else None
+
+
+class NotificationPage(ApiModel):
+    items: list[Notification]
+    next_cursor: str | None
+
+
+class NotificationCounts(ApiModel):
+    """The outbox now (not windowed by `since`): failed ones wait for a retry by staff."""
+
+    pending: int
+    delivered: int
+    failed: int
+    oldest_pending_age_seconds: float | None
+
+
 class Stats(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -428,6 +465,7 @@ class Stats(ApiModel):
     escalation_rate: float
     response_time_seconds: ResponseTimes
     api: ApiCounts
+    notifications: NotificationCounts
 
 
 class ErrorBody(BaseModel):
