@@ -99,9 +99,7 @@ async def escalation_status(
     sessions: async_sessionmaker[AsyncSession], escalation_id: uuid.UUID
 ) -> str | None:
     async with sessions() as session:
-        return await session.scalar(
-            select(Escalation.status).where(Escalation.id == escalation_id)
-        )
+        return await session.scalar(select(Escalation.status).where(Escalation.id == escalation_id))
 
 
 async def make_due(sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -318,9 +316,7 @@ async def test_a_failed_attempt_is_due_again_only_after_a_backoff(
     [event] = await events(sessions)
     async with sessions() as session:
         wait = await session.scalar(
-            select(text("extract(epoch FROM available_at - now())")).select_from(
-                NotificationEvent
-            )
+            select(text("extract(epoch FROM available_at - now())")).select_from(NotificationEvent)
         )
     # Equal jitter: between half and all of base * 2^0.
     assert 14 <= float(wait) <= 30
@@ -508,8 +504,11 @@ async def test_a_worker_killed_mid_batch_loses_nothing(
         "NOTIFY_TIMEOUT_S": "1",
         "NOTIFY_LEASE_S": "3",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "notify"],
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.cli",
+        "notify",
         cwd=PROJECT_ROOT,
         env=environment,
         stdout=subprocess.DEVNULL,
@@ -523,7 +522,7 @@ async def test_a_worker_killed_mid_batch_loses_nothing(
         await eventually(whole_batch_in_flight)
     finally:
         process.send_signal(signal.SIGKILL)
-        process.wait()
+        await process.wait()
     leased = await events(sessions)
     assert {(event.status, event.attempts) for event in leased} == {("pending", 1)}
 
