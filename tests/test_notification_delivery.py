@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook
 from webhook_receiver import Receiver, free_port
 
-from app.db import create_sessionmaker
+from app.db import create_engine, create_sessionmaker
 from app.main import create_app
 from app.models import Escalation, NotificationEvent
 from app.notify import NotificationWorker
@@ -628,3 +628,51 @@ async def test_serve_with_notify_delivers_from_the_api_process(
         await eventually(notified)
 
     assert len(receiver.deliveries) == 1
+
+
+async def test_a_worker_keeps_polling_while_the_database_is_unreachable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    settings = worker_settings(unreachable, "http://127.0.0.1:9/unused")
+    engine = create_engine(settings)
+    worker = NotificationWorker(create_sessionmaker(engine, settings), settings)
+    stop = asyncio.Event()
+    try:
+        with caplog.at_level(logging.WARNING, logger="app.notify"):
+            task = asyncio.create_task(worker.run(stop))
+            await asyncio.sleep(0.5)
+            assert not task.done()
+            stop.set()
+            await task
+    finally:
+        await worker.aclose()
+        await engine.dispose()
+
+    messages = [record.message for record in caplog.records]
+    assert messages.count("notify_database_unavailable") >= 2
+
+
+async def test_the_notify_command_without_a_webhook_says_so_once_and_stops_on_sigterm(
+    database_url: str,
+) -> None:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("NOTIFY_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.cli",
+        "notify",
+        cwd=PROJECT_ROOT,
+        env={**environment, "DATABASE_URL": database_url, "NOTIFY_POLL_INTERVAL_S": "0.05"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    first = await asyncio.wait_for(process.stderr.readline(), timeout=30)
+    await asyncio.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    rest = await asyncio.wait_for(process.stderr.read(), timeout=30)
+
+    assert await process.wait() == 0
+    output = (first + rest).decode()
+    assert output.count("notify_disabled") == 1
