@@ -216,7 +216,7 @@ class NotificationWorker:
                 if 200 <= response.status_code < 300:
                     return None
                 return f"HTTP {response.status_code}"
-        except httpx.HTTPError as error:
+        except (httpx.HTTPError, httpx.InvalidURL) as error:
             return type(error).__name__
 
     async def _record(self, event: ClaimedEvent, error: str | None) -> None:

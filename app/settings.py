@@ -8,6 +8,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import httpx
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
@@ -188,8 +189,11 @@ class Settings(BaseSettings):
         if value is None or not value.get_secret_value().strip():
             return None
         raw = value.get_secret_value().strip()
-        scheme, separator, rest = raw.partition("://")
-        if scheme.lower() not in {"http", "https"} or not separator or not rest.strip("/"):
+        try:
+            url = httpx.URL(raw)
+        except (httpx.InvalidURL, ValueError):
+            url = None
+        if url is None or url.scheme not in {"http", "https"} or not url.host:
             raise ConfigError("NOTIFY_WEBHOOK_URL: must be an http:// or https:// URL")
         if info.data.get("notify_webhook_secret") is None:
             raise ConfigError("NOTIFY_WEBHOOK_URL: is set but NOTIFY_WEBHOOK_SECRET is not")

@@ -269,11 +269,12 @@ def test_a_webhook_url_without_a_secret_is_refused() -> None:
         load_settings(_env_file=None, notify_webhook_url="https://hooks.example.com/x")
 
 
-def test_a_webhook_url_that_is_not_http_is_refused() -> None:
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com", "https://", "http://[::1", "hooks.example.com"]
+)
+def test_a_webhook_url_that_is_not_an_http_url_is_refused(url: str) -> None:
     with pytest.raises(ConfigError, match="NOTIFY_WEBHOOK_URL: must be an http"):
-        load_settings(
-            _env_file=None, notify_webhook_url="ftp://example.com", notify_webhook_secret=SECRET
-        )
+        load_settings(_env_file=None, notify_webhook_url=url, notify_webhook_secret=SECRET)
 
 
 def test_a_lease_shorter_than_two_timeouts_is_refused() -> None:
