@@ -498,6 +498,7 @@ async def test_a_worker_killed_mid_batch_loses_nothing(
     environment = {
         **os.environ,
         "DATABASE_URL": database_url,
+        "DB_POOLER": os.environ.get("TEST_DB_POOLER", "auto"),  # as make_settings does
         "NOTIFY_WEBHOOK_URL": receiver.url,
         "NOTIFY_WEBHOOK_SECRET": SECRET,
         "NOTIFY_BATCH_SIZE": "5",
@@ -663,7 +664,12 @@ async def test_the_notify_command_without_a_webhook_says_so_once_and_stops_on_si
         "app.cli",
         "notify",
         cwd=PROJECT_ROOT,
-        env={**environment, "DATABASE_URL": database_url, "NOTIFY_POLL_INTERVAL_S": "0.05"},
+        env={
+            **environment,
+            "DATABASE_URL": database_url,
+            "DB_POOLER": os.environ.get("TEST_DB_POOLER", "auto"),
+            "NOTIFY_POLL_INTERVAL_S": "0.05",
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
