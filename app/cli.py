@@ -1,4 +1,4 @@
-"""The `member-support` command: serve, migrate, stats, archive, purge."""
+"""The `member-support` command: serve, migrate, stats, archive, purge, notify."""
 
 from __future__ import annotations
 
@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="worker processes (default 1); more than one puts /metrics in multiprocess mode",
     )
+    serve.add_argument(
+        "--notify",
+        action="store_true",
+        help="also run the escalation webhook delivery worker in each API process",
+    )
 
     commands.add_parser(
         "migrate",
@@ -145,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"conversations per transaction (default {BATCH_SIZE}); each batch "
             "commits on its own, so no lock is held for long",
         )
+
+    notify = commands.add_parser(
+        "notify",
+        help="deliver escalation notifications to NOTIFY_WEBHOOK_URL (long-running)",
+        description="Deliver queued escalation events to NOTIFY_WEBHOOK_URL, signed per "
+        "Standard Webhooks, until SIGTERM or Ctrl-C. Several may run at once.",
+    )
+    notify.add_argument(
+        "--metrics-port", type=_port, help="serve Prometheus metrics on 127.0.0.1:PORT"
+    )
     return parser
 
 
@@ -161,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "stats": lambda s, a: _run_database_command(_stats, s, a),
         "archive": lambda s, a: _run_database_command(_archive, s, a),
         "purge": lambda s, a: _run_database_command(_purge, s, a),
+        "notify": _notify,
     }
     handlers[arguments.command](settings, arguments)
 
@@ -179,6 +195,8 @@ def _serve(settings: Settings, arguments: argparse.Namespace) -> None:
         _migrate(load_settings(), arguments)
     os.environ["WORKERS"] = str(arguments.workers)
     metrics_directory = _prepare_metrics_directory(arguments.workers)
+    if arguments.notify:
+        os.environ["NOTIFY_WORKER"] = "true"
     host = f"[{arguments.host}]" if ":" in arguments.host else arguments.host
     print(f"Member Support Service on http://{host}:{arguments.port} (API docs at /docs)")
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that was
@@ -224,6 +242,28 @@ def _prepare_metrics_directory(workers: int) -> Path | None:
     created = Path(tempfile.mkdtemp(prefix="member-support-metrics-"))
     os.environ[variable] = str(created)
     return created
+
+
+def _notify(settings: Settings, arguments: argparse.Namespace) -> None:
+    from app.log import configure_logging
+    from app.notify import run_worker
+
+    if settings.database_url is None:
+        _fail("DATABASE_URL is not set")
+    configure_logging(settings.log_level, settings.log_format)
+    if arguments.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(arguments.metrics_port, addr="127.0.0.1")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signal_number, stop.set)
+        await run_worker(settings, stop)
+
+    asyncio.run(run())
 
 
 def _migrate(settings: Settings, arguments: argparse.Namespace) -> None:
@@ -301,10 +341,11 @@ def _run_database_command(
 
 
 async def _stats(sessionmaker: Any, arguments: argparse.Namespace) -> None:
-    from app.repositories import stats
+    from app.repositories import notifications, stats
 
     async with sessionmaker() as session, session.begin():
         collected = (await stats.collect(session, since=arguments.since)).as_dict()
+        collected["notifications"] = await notifications.summary(session)
     since = arguments.since.isoformat() if arguments.since else "all time"
     print(f"since: {since}")
     for line in _table(collected):

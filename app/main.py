@@ -12,11 +12,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import conversations, escalations, ops, sessions, stats, users
+from app.api import conversations, escalations, notifications, ops, sessions, stats, users
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
 from app.fastpath import HotPaths
 from app.metrics import ApiCounters, CountRequests, ObserveRequests, forget_pool, observe_pool
+from app.notify import BackgroundNotifier
 from app.settings import Settings, load_settings
 
 log = logging.getLogger("app")
@@ -113,9 +114,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "connection_budget": settings.connection_budget,
             },
         )
+        notifier = (
+            BackgroundNotifier.start(app.state.sessionmaker, settings)
+            if settings.notify_worker
+            else None
+        )
         try:
             yield
         finally:
+            if notifier is not None:
+                await notifier.stop()
             await engine.dispose()
             forget_pool()
             log.info("stopped")
@@ -135,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         conversations.router,
         users.router,
         escalations.router,
+        notifications.router,
         stats.router,
     ):
         app.include_router(router, prefix="/api/v1")

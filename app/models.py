@@ -1,4 +1,4 @@
-"""The four ORM tables of SPEC §1, typed with SQLAlchemy 2 `Mapped[...]`."""
+"""The four ORM tables of SPEC §1 and the notification outbox, typed with SQLAlchemy 2."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sqlalchemy import (
     FetchedValue,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Text,
@@ -33,6 +34,8 @@ NAMING_CONVENTION = {
 CONVERSATION_STATUSES = ("active", "escalated", "closed", "archived")
 ESCALATION_STATUSES = ("pending", "notified", "in_progress", "resolved")
 MESSAGE_ROLES = ("user", "assistant")
+NOTIFICATION_TYPES = ("escalation.created", "escalation.status_changed")
+NOTIFICATION_STATUSES = ("pending", "delivered", "failed")
 
 
 def _in_list(column: str, values: tuple[str, ...]) -> str:
@@ -153,4 +156,42 @@ class Escalation(Base):
         # The staff queue, oldest first, with and without a status filter; /stats windows.
         Index("ix_escalations_status_created_at_id", "status", "created_at", "id"),
         Index("ix_escalations_created_at_id", "created_at", "id"),
+    )
+
+
+class NotificationEvent(Base):
+    """The transactional outbox: one row per escalation event, written with the change."""
+
+    __tablename__ = "notification_events"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    escalation_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("escalations.id", ondelete="CASCADE"), index=True
+    )
+    type: Mapped[str] = mapped_column(String(50))
+    # Facts fixed at the moment of the event (the statuses); no PII, which stays in escalations.
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    status: Mapped[str] = mapped_column(String(20), server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # When a pending event is next due: now, after a backoff, or when a worker's lease ends.
+    available_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("now()")
+    )
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("now()")
+    )
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(_in_list("type", NOTIFICATION_TYPES), name="type"),
+        CheckConstraint(_in_list("status", NOTIFICATION_STATUSES), name="status"),
+        # The worker's claim: due pending events, oldest due first.
+        Index(
+            "ix_notification_events_available_at_pending",
+            "available_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        # The staff list by status, oldest first, and /stats' oldest pending event.
+        Index("ix_notification_events_status_created_at_id", "status", "created_at", "id"),
     )

@@ -26,6 +26,8 @@ CONTACT_INFO_MAX_BYTES = 4096
 ConversationStatus = Literal["active", "escalated", "closed", "archived"]
 EscalationStatus = Literal["pending", "notified", "in_progress", "resolved"]
 Role = Literal["user", "assistant"]
+NotificationStatus = Literal["pending", "delivered", "failed"]
+NotificationType = Literal["escalation.created", "escalation.status_changed"]
 
 
 def _contains_nul(value: Any) -> bool:
@@ -394,6 +396,60 @@ class ApiCounts(ApiModel):
     error_rate: float
 
 
+_NOTIFICATION_EXAMPLE: dict[str, Any] = {
+    "id": "5b0f1c0e-6a51-4a8e-9b7c-2f1d3e4a5b6c",
+    "type": "escalation.created",
+    "escalation_id": "0d6c2a57-3f0e-4f5e-8b8e-1c7d9a2b4e60",
+    "status": "failed",
+    "attempts": 12,
+    "last_error": "HTTP 503",
+    "next_attempt_at": None,
+    "created_at": "2026-11-23T09:15:02.123456+00:00",
+    "delivered_at": None,
+}
+
+
+class Notification(ApiModel):
+    """An outbox event: one webhook delivery, retried until delivered or parked as failed."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_NOTIFICATION_EXAMPLE]})
+
+    id: uuid.UUID = Field(description="Also the `webhook-id` header of every attempt")
+    type: NotificationType
+    escalation_id: uuid.UUID
+    status: NotificationStatus
+    attempts: int
+    last_error: str | None
+    next_attempt_at: Timestamp | None = Field(
+        validation_alias="available_at", description="When a pending event is next due"
+    )
+    created_at: Timestamp
+    delivered_at: Timestamp | None
+
+    @field_validator("next_attempt_at", mode="before")
+    @classmethod
+    def _only_when_pending(cls, value: Any, info: Any) -> Any:
+        return value if info.data.get("status") == "pending" else None
+
+
+class NotificationPage(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [_NOTIFICATION_EXAMPLE], "next_cursor": None}]}
+    )
+
+    items: list[Notification]
+    next_cursor: str | None
+
+
+class NotificationCounts(ApiModel):
+    """The outbox now (not windowed by `since`): failed ones wait for a retry by staff."""
+
+    pending: int
+    delivered: int
+    failed: int
+    oldest_pending_age_seconds: float | None
+
+
 class Stats(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -416,6 +472,12 @@ class Stats(ApiModel):
                     "escalation_rate": 0.1083,
                     "response_time_seconds": {"p50": 1.8, "p95": 6.4},
                     "api": {"requests": 5210, "errors_5xx": 0, "error_rate": 0.0},
+                    "notifications": {
+                        "pending": 1,
+                        "delivered": 27,
+                        "failed": 0,
+                        "oldest_pending_age_seconds": 2.5,
+                    },
                 }
             ]
         }
@@ -428,6 +490,7 @@ class Stats(ApiModel):
     escalation_rate: float
     response_time_seconds: ResponseTimes
     api: ApiCounts
+    notifications: NotificationCounts
 
 
 class ErrorBody(BaseModel):

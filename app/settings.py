@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ssl
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import httpx
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
@@ -132,6 +135,18 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "console"] = "console"
     workers: int = Field(default=1, ge=1, le=256)
+    # Escalation notifications (README, "Escalation notifications"). The secret comes
+    # first so the URL's validator can see it.
+    notify_webhook_secret: SecretStr | None = None
+    notify_webhook_url: SecretStr | None = None
+    notify_max_attempts: int = Field(default=12, ge=1, le=100)
+    notify_backoff_base_s: float = Field(default=2, gt=0, le=3600)
+    notify_backoff_cap_s: float = Field(default=900, gt=0, le=86_400)
+    notify_poll_interval_s: float = Field(default=2, gt=0, le=3600)
+    notify_batch_size: int = Field(default=20, ge=1, le=500)
+    notify_timeout_s: float = Field(default=5, gt=0, le=60)
+    notify_lease_s: float = Field(default=60, gt=0, le=3600)
+    notify_worker: bool = False
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
@@ -149,6 +164,48 @@ class Settings(BaseSettings):
         if value is None or not value.get_secret_value().strip():
             return None
         parse_database_url(value.get_secret_value(), info.field_name.upper())
+        return value
+
+    @field_validator("notify_webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        raw = value.get_secret_value().strip()
+        if not raw.startswith("whsec_"):
+            raise ConfigError("NOTIFY_WEBHOOK_SECRET: must start with whsec_ (Standard Webhooks)")
+        try:
+            encoded = raw.removeprefix("whsec_")
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError("NOTIFY_WEBHOOK_SECRET: whsec_ must be followed by base64") from None
+        if len(key) < 16:
+            raise ConfigError("NOTIFY_WEBHOOK_SECRET: the key must be at least 16 bytes")
+        return SecretStr(raw)
+
+    @field_validator("notify_webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: SecretStr | None, info: Any) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        raw = value.get_secret_value().strip()
+        try:
+            url = httpx.URL(raw)
+        except (httpx.InvalidURL, ValueError):
+            url = None
+        if url is None or url.scheme not in {"http", "https"} or not url.host:
+            raise ConfigError("NOTIFY_WEBHOOK_URL: must be an http:// or https:// URL")
+        if info.data.get("notify_webhook_secret") is None:
+            raise ConfigError("NOTIFY_WEBHOOK_URL: is set but NOTIFY_WEBHOOK_SECRET is not")
+        return SecretStr(raw)
+
+    @field_validator("notify_lease_s")
+    @classmethod
+    def _lease_outlasts_delivery(cls, value: float, info: Any) -> float:
+        # A lease shorter than a POST would hand an in-flight event to a second worker.
+        timeout = info.data.get("notify_timeout_s")
+        if timeout is not None and value <= 2 * timeout:
+            raise ConfigError("NOTIFY_LEASE_S: must be more than twice NOTIFY_TIMEOUT_S")
         return value
 
     @property

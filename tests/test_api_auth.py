@@ -31,6 +31,8 @@ SERVICE_ROUTES: list[tuple[str, str, Any]] = [
     ("GET", f"/escalations/{SOME_ID}", None),
     ("PATCH", f"/escalations/{SOME_ID}", {"status": "resolved"}),
     ("GET", "/stats", None),
+    ("GET", "/notifications", None),
+    ("POST", f"/notifications/{SOME_ID}/retry", None),
 ]
 ROUTE_IDS = [f"{method} {path.split('?')[0]}" for method, path, _ in SERVICE_ROUTES]
 BAD_AUTHORIZATION: dict[str, dict[str, Any]] = {

@@ -22,6 +22,7 @@ async def test_stats_have_the_documented_shape(
         "escalation_rate",
         "response_time_seconds",
         "api",
+        "notifications",  # additive: the webhook outbox (README, "Escalation notifications")
     }
     assert body["since"] is None
     assert set(body["conversations"]) == {"total", "active", "escalated", "closed", "archived"}

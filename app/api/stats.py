@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 
 from app.api.deps import error_responses, require_service_key
 from app.db import SessionDep
-from app.repositories import stats
+from app.repositories import notifications, stats
 from app.schemas import Stats
 
 router = APIRouter(
@@ -32,5 +32,10 @@ async def read_stats(request: Request, db: SessionDep, since: datetime | None = 
             ) from None
     collected = await stats.collect(db, since=since)
     return Stats.model_validate(
-        {"since": since, **collected.as_dict(), "api": request.app.state.api_counters.as_dict()}
+        {
+            "since": since,
+            **collected.as_dict(),
+            "api": request.app.state.api_counters.as_dict(),
+            "notifications": await notifications.summary(db),
+        }
     )

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, NotFound
 from app.models import Conversation, Escalation
-from app.repositories import messages, users
+from app.repositories import messages, notifications, users
 from app.repositories.conversations import decode_cursor, encode_cursor
 
 CONTEXT_MESSAGES = 20
@@ -104,6 +104,12 @@ async def open_escalation(
     )
     if inserted is None:  # unreachable while the conversation lock is held; kept as a guard
         raise Conflict("An open escalation of this issue type already exists")
+    await notifications.record(
+        session,
+        escalation_id=inserted.id,
+        event_type=notifications.CREATED,
+        data={"status": inserted.status},
+    )
     await session.execute(
         update(Conversation)
         .where(Conversation.id == conversation.id, Conversation.status != "escalated")
@@ -168,12 +174,16 @@ async def list_queue(
     return rows, next_cursor
 
 
-async def transition(session: AsyncSession, *, escalation_id: uuid.UUID, status: str) -> Escalation:
+async def transition(
+    session: AsyncSession, *, escalation_id: uuid.UUID, status: str, record_event: bool = True
+) -> Escalation:
     """Move an escalation to `status` as a compare-and-set, with the conversation effects.
 
     The same status is a no-op (nothing changes, not even updated_at); an illegal
     move is a Conflict naming the allowed ones. Resolving a conversation's last open
-    escalation makes it `active`; reopening makes it `escalated` again.
+    escalation makes it `active`; reopening makes it `escalated` again. A move writes an
+    `escalation.status_changed` event unless `record_event` is False (the delivery
+    worker's own pending → notified, which would only echo the webhook it just delivered).
     """
     conversation_id = await session.scalar(
         select(Escalation.conversation_id).where(Escalation.id == escalation_id)
@@ -195,6 +205,13 @@ async def transition(session: AsyncSession, *, escalation_id: uuid.UUID, status:
     if moved is None:
         allowed = ", ".join(ALLOWED_MOVES.get(previous or "", ())) or "none"
         raise Conflict(f"Cannot move an escalation from {previous} to {status}; allowed: {allowed}")
+    if record_event:
+        await notifications.record(
+            session,
+            escalation_id=escalation_id,
+            event_type=notifications.STATUS_CHANGED,
+            data={"previous_status": previous, "status": status},
+        )
     if status == "resolved":
         still_open = exists().where(
             Escalation.conversation_id == conversation_id, Escalation.status != "resolved"

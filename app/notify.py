@@ -1,0 +1,315 @@
+"""The notification delivery worker: outbox events to the staff webhook, signed per
+Standard Webhooks, at least once.
+
+Each cycle claims a batch under a lease in one short transaction, POSTs the batch
+concurrently outside any transaction, then records every outcome in a short
+transaction of its own. A 2xx delivers the event (and for `escalation.created` moves
+the escalation pending → notified in that same transaction); anything else is retried
+with exponential backoff and jitter until NOTIFY_MAX_ATTEMPTS, then parked as failed.
+Polling only (no LISTEN), so it is safe behind a transaction pooler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import httpx
+from prometheus_client import Counter, Gauge
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from standardwebhooks import Webhook
+
+from app.errors import Conflict, NotFound, is_unavailable
+from app.repositories import escalations, notifications
+from app.repositories.notifications import ClaimedEvent
+from app.settings import Settings
+
+log = logging.getLogger("app.notify")
+
+DELIVERED = Counter(
+    "member_support_notifications_delivered_total",
+    "Escalation webhook events delivered (answered 2xx)",
+)
+RETRIED = Counter(
+    "member_support_notifications_retried_total",
+    "Failed webhook attempts scheduled for another try",
+)
+FAILED = Counter(
+    "member_support_notifications_failed_total",
+    "Webhook events parked as failed after the last allowed attempt",
+)
+OLDEST_PENDING_AGE = Gauge(
+    "member_support_notifications_oldest_pending_age_seconds",
+    "Age of the oldest undelivered event still queued (0 when none; parked ones excluded)",
+)
+
+USER_AGENT = "member-support-notify/1.0"
+
+
+def backoff_seconds(attempt: int, *, base_s: float, cap_s: float) -> float:
+    """The wait after failed attempt `attempt` (1-based): exponential, capped, with jitter.
+
+    "Equal jitter": half the step is fixed and half random, so retries of events that
+    failed together spread out but never come back almost at once.
+    """
+    step = min(cap_s, base_s * 2.0 ** min(attempt - 1, 62))
+    return step / 2 + random.random() * step / 2  # noqa: S311 (spreading load, not a secret)
+
+
+def build_payload(event: ClaimedEvent) -> dict[str, Any]:
+    """The webhook body: what staff need to act on, never the member's session id."""
+    data: dict[str, Any] = {
+        "escalation_id": str(event.escalation_id),
+        "conversation_id": None if event.conversation_id is None else str(event.conversation_id),
+        "issue_type": event.issue_type,
+        "original_request": event.original_request,
+        "contact_info": event.contact_info or {},
+        "escalation_created_at": (
+            None if event.escalation_created_at is None else event.escalation_created_at.isoformat()
+        ),
+    }
+    if event.type == notifications.STATUS_CHANGED:
+        data["previous_status"] = event.data.get("previous_status")
+        data["status"] = event.data.get("status")
+    else:
+        data["status"] = event.data.get("status", "pending")
+    return {"type": event.type, "timestamp": event.created_at.isoformat(), "data": data}
+
+
+class NotificationWorker:
+    """Delivers due outbox events; several may run at once over one backlog."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._settings = settings
+        self._url = (
+            settings.notify_webhook_url.get_secret_value() if settings.notify_webhook_url else None
+        )
+        secret = settings.notify_webhook_secret
+        self._webhook = Webhook(secret.get_secret_value()) if secret is not None else None
+        self._client = httpx.AsyncClient(
+            timeout=settings.notify_timeout_s,
+            follow_redirects=False,
+            headers={"user-agent": USER_AGENT},
+            transport=transport,
+        )
+
+    @property
+    def shutdown_grace_s(self) -> float:
+        """How long a stop may wait for the batch in flight."""
+        return self._settings.notify_timeout_s + 1
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a webhook is configured."""
+        return self._url is not None and self._webhook is not None
+
+    async def __aenter__(self) -> NotificationWorker:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self._client.aclose()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop` is set; without a webhook, say so once and idle."""
+        if not self.enabled:
+            log.warning(
+                "notify_disabled: NOTIFY_WEBHOOK_URL is not set; events stay queued "
+                "until it is (set it with NOTIFY_WEBHOOK_SECRET)"
+            )
+            await stop.wait()
+            return
+        settings = self._settings
+        log.info(
+            "notify_started",
+            extra={
+                "batch_size": settings.notify_batch_size,
+                "poll_interval_s": settings.notify_poll_interval_s,
+                "max_attempts": settings.notify_max_attempts,
+            },
+        )
+        while not stop.is_set():
+            claimed = 0
+            try:
+                claimed = await self.run_once()
+                await self.update_gauge()
+            except Exception as error:
+                if is_unavailable(error):
+                    log.warning("notify_database_unavailable")
+                else:
+                    log.exception("notify_cycle_failed")
+            if claimed < settings.notify_batch_size:
+                # Backlog drained (or an error): wait for the next poll or the stop signal.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=settings.notify_poll_interval_s)
+        log.info("notify_stopped")
+
+    async def run_once(self) -> int:
+        """Claim, deliver and record one batch; the number of events claimed."""
+        if not self.enabled:
+            return 0
+        async with self._sessionmaker() as session, session.begin():
+            events = await notifications.claim(
+                session,
+                batch_size=self._settings.notify_batch_size,
+                lease_s=self._settings.notify_lease_s,
+            )
+        if not events:
+            return 0
+        # No transaction (and so no row lock) is open while the receiver is answering.
+        errors = await asyncio.gather(*(self._post(event) for event in events))
+        for event, error in zip(events, errors, strict=True):
+            await self._record(event, error)
+        return len(events)
+
+    async def update_gauge(self) -> None:
+        """Refresh the oldest-pending-event gauge from the database."""
+        async with self._sessionmaker() as session, session.begin():
+            age = await notifications.oldest_pending_age_s(session)
+        OLDEST_PENDING_AGE.set(age or 0.0)
+
+    def sign(self, message_id: str, body: str) -> dict[str, str]:
+        """Standard Webhooks headers for a body sent now."""
+        assert self._webhook is not None
+        # Whole seconds: the signed timestamp and the header must be the same number.
+        now = datetime.fromtimestamp(int(time.time()), UTC)
+        return {
+            "webhook-id": message_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": self._webhook.sign(message_id, now, body),
+            "content-type": "application/json",
+        }
+
+    async def _post(self, event: ClaimedEvent) -> str | None:
+        """POST one event; None on a 2xx, else a short error with no URL and no body."""
+        assert self._url is not None
+        body = json.dumps(build_payload(event), separators=(",", ":"), ensure_ascii=False)
+        # The event id is the webhook-id on every attempt, so receivers can drop repeats.
+        headers = self.sign(str(event.id), body)
+        try:
+            async with self._client.stream(
+                "POST", self._url, content=body.encode(), headers=headers
+            ) as response:
+                if 200 <= response.status_code < 300:
+                    return None
+                return f"HTTP {response.status_code}"
+        except (httpx.HTTPError, httpx.InvalidURL) as error:
+            return type(error).__name__
+
+    async def _record(self, event: ClaimedEvent, error: str | None) -> None:
+        settings = self._settings
+        ids = {
+            "event_id": str(event.id),
+            "escalation_id": str(event.escalation_id),
+            "type": event.type,
+            "attempt": event.attempt,
+        }
+        retry_in: float | None = None
+        async with self._sessionmaker() as session, session.begin():
+            if error is None:
+                held = await notifications.mark_delivered(
+                    session, event_id=event.id, attempt=event.attempt
+                )
+                if held and event.type == notifications.CREATED:
+                    await _mark_notified(session, event)
+            else:
+                last = event.attempt >= settings.notify_max_attempts
+                retry_in = (
+                    None
+                    if last
+                    else backoff_seconds(
+                        event.attempt,
+                        base_s=settings.notify_backoff_base_s,
+                        cap_s=settings.notify_backoff_cap_s,
+                    )
+                )
+                held = await notifications.mark_failed_attempt(
+                    session,
+                    event_id=event.id,
+                    attempt=event.attempt,
+                    error=error,
+                    retry_in_s=retry_in,
+                )
+        if not held:
+            log.warning("notification_lease_lost", extra=ids)
+        elif error is None:
+            DELIVERED.inc()
+            log.info("notification_delivered", extra=ids)
+        elif retry_in is None:
+            FAILED.inc()
+            log.error("notification_failed", extra={**ids, "error": error})
+        else:
+            RETRIED.inc()
+            log.warning(
+                "notification_retry_scheduled",
+                extra={**ids, "error": error, "retry_in_s": round(retry_in, 1)},
+            )
+
+
+async def _mark_notified(session: AsyncSession, event: ClaimedEvent) -> None:
+    """pending → notified through the API's compare-and-set; a later status is left alone."""
+    # Conflict: staff moved it on (in_progress, resolved) before the webhook was answered.
+    with contextlib.suppress(Conflict, NotFound):
+        await escalations.transition(
+            session, escalation_id=event.escalation_id, status="notified", record_event=False
+        )
+
+
+@dataclass
+class BackgroundNotifier:
+    """The worker as a task of the API process (`serve --notify`, NOTIFY_WORKER=true)."""
+
+    worker: NotificationWorker
+    stop_event: asyncio.Event
+    task: asyncio.Task[None]
+
+    @classmethod
+    def start(
+        cls, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+    ) -> BackgroundNotifier:
+        """Start delivering on the running loop."""
+        worker = NotificationWorker(sessionmaker, settings)
+        stop_event = asyncio.Event()
+        return cls(worker, stop_event, asyncio.create_task(worker.run(stop_event), name="notify"))
+
+    async def stop(self) -> None:
+        """Let the batch in flight finish briefly; past that its leases bring it back later."""
+        self.stop_event.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.task, timeout=self.worker.shutdown_grace_s)
+        await self.worker.aclose()
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
+    """The `member-support notify` process: its own small engine, until `stop` is set."""
+    from app.db import create_engine, create_sessionmaker
+
+    engine = create_engine(settings)
+    try:
+        async with NotificationWorker(create_sessionmaker(engine, settings), settings) as worker:
+            await worker.run(stop)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,83 @@
+"""A real local HTTP receiver for webhook tests: records each POST, answers as told."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Delivery:
+    headers: dict[str, str]
+    body: bytes
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on (yet)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Receiver:
+    """ThreadingHTTPServer in a thread, so a slow answer never blocks the test's loop."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.deliveries: list[Delivery] = []
+        self.status = 204
+        self.delay_s = 0.0
+        self.released = threading.Event()
+        self.released.set()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/escalations"
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                body = self.rfile.read(length)
+                with receiver._lock:
+                    receiver.deliveries.append(
+                        Delivery({k.lower(): v for k, v in self.headers.items()}, body)
+                    )
+                receiver.released.wait()
+                if receiver.delay_s:
+                    time.sleep(receiver.delay_s)
+                self.send_response(receiver.status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            # The stdlib default backlog of 5 refuses a worker's concurrent batch.
+            request_queue_size = 128
+
+        server = Server(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        self._server = server
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.released.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return [delivery.headers["webhook-id"] for delivery in self.deliveries]
