@@ -29,10 +29,13 @@ _ESCALATIONS = """
     WHERE {window}
     GROUP BY status, issue_type
     """
+# A conversation is escalated after it was opened, so its escalations fall inside any
+# window its creation does: walk the window's escalations (few) rather than probing
+# every conversation of the window against all escalations.
 _ESCALATED_CONVERSATIONS = """
-    SELECT count(*) FROM conversations AS c
-    WHERE {c_window}
-      AND EXISTS (SELECT 1 FROM escalations AS e WHERE e.conversation_id = c.id)
+    SELECT count(DISTINCT e.conversation_id)
+    FROM escalations AS e JOIN conversations AS c ON c.id = e.conversation_id
+    WHERE {e_window} AND {c_window}
     """
 # A user message's response time: until the next assistant message of its conversation.
 _RESPONSE_TIMES = """
@@ -77,6 +80,7 @@ def _variant(windowed: bool) -> dict[str, Any]:
             query.format(
                 window=window("created_at"),
                 c_window=window("c.created_at"),
+                e_window=window("e.created_at"),
             )
         )
         for name, query in _QUERIES.items()
