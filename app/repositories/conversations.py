@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import secrets
 import uuid
-from datetime import UTC, datetime
-from typing import Any
 
-import orjson
 from sqlalchemy import and_, delete, exists, func, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import NotFound, Unprocessable
+from app.errors import NotFound
 from app.models import Conversation, Escalation, Message, User
 from app.repositories import Record, users
+from app.repositories.paging import decode_cursor, encode_cursor
 
 SESSION_COLUMNS = (
     Conversation.session_id,
@@ -131,37 +127,6 @@ async def get(session: AsyncSession, *, conversation_id: uuid.UUID) -> Record:
     if row is None:
         raise NotFound("Conversation not found")
     return row
-
-
-def encode_cursor(*parts: Any) -> str:
-    """An opaque keyset cursor."""
-    payload = orjson.dumps(
-        [part.isoformat() if isinstance(part, datetime) else str(part) for part in parts]
-    )
-    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """The (timestamp, id) inside a cursor; Unprocessable when it was not made by us."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        moment, identifier = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        at = datetime.fromisoformat(moment)
-        if at.tzinfo is None:
-            raise ValueError("naive timestamp")
-        # Raises OverflowError for moments UTC cannot hold (year 1 at +14:00, year 9999
-        # at -14:00), which the driver would otherwise hit mid-query.
-        at = at.astimezone(UTC)
-        return at, uuid.UUID(identifier)
-    except (
-        ValueError,
-        TypeError,
-        OverflowError,
-        binascii.Error,
-        orjson.JSONDecodeError,
-        UnicodeEncodeError,
-    ):
-        raise Unprocessable("Malformed cursor") from None
 
 
 async def list_by_activity(

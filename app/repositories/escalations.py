@@ -5,14 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import and_, exists, select, text, tuple_, update
+from sqlalchemy import ColumnElement, exists, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, NotFound
 from app.models import Conversation, Escalation
-from app.repositories import messages, notifications, users
-from app.repositories.conversations import decode_cursor, encode_cursor
+from app.repositories import messages, notifications, paging, users
 
 CONTEXT_MESSAGES = 20
 CONTEXT_MAX_BYTES = 16 * 1024
@@ -150,28 +149,14 @@ async def list_queue(
     cursor: str | None,
 ) -> tuple[list[Escalation], str | None]:
     """The staff work queue, oldest first, one keyset page at a time."""
-    conditions = []
+    conditions: list[ColumnElement[bool]] = []
     if status is not None:
         conditions.append(Escalation.status == status)
     if issue_type is not None:
         conditions.append(Escalation.issue_type == issue_type)
-    if cursor is not None:
-        at, last_id = decode_cursor(cursor)
-        conditions.append(tuple_(Escalation.created_at, Escalation.id) > tuple_(at, last_id))
-    rows = list(
-        await session.scalars(
-            select(Escalation)
-            .where(and_(True, *conditions))
-            .order_by(Escalation.created_at, Escalation.id)
-            .limit(limit + 1)
-        )
+    return await paging.oldest_first(
+        session, Escalation, conditions=conditions, limit=limit, cursor=cursor
     )
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1]
-        next_cursor = encode_cursor(last.created_at, last.id)
-    return rows, next_cursor
 
 
 async def transition(

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, text, tuple_, update
+from sqlalchemy import ColumnElement, and_, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, NotFound
 from app.models import NOTIFICATION_STATUSES, NotificationEvent
-from app.repositories.conversations import decode_cursor, encode_cursor
+from app.repositories import paging
 
 CREATED = "escalation.created"
 STATUS_CHANGED = "escalation.status_changed"
@@ -183,28 +183,12 @@ async def list_events(
     session: AsyncSession, *, status: str | None, limit: int, cursor: str | None
 ) -> tuple[list[NotificationEvent], str | None]:
     """Events oldest first, optionally of one status, one keyset page at a time."""
-    conditions = []
+    conditions: list[ColumnElement[bool]] = []
     if status is not None:
         conditions.append(NotificationEvent.status == status)
-    if cursor is not None:
-        at, last_id = decode_cursor(cursor)
-        conditions.append(
-            tuple_(NotificationEvent.created_at, NotificationEvent.id) > tuple_(at, last_id)
-        )
-    rows = list(
-        await session.scalars(
-            select(NotificationEvent)
-            .where(and_(True, *conditions))
-            .order_by(NotificationEvent.created_at, NotificationEvent.id)
-            .limit(limit + 1)
-        )
+    return await paging.oldest_first(
+        session, NotificationEvent, conditions=conditions, limit=limit, cursor=cursor
     )
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1]
-        next_cursor = encode_cursor(last.created_at, last.id)
-    return rows, next_cursor
 
 
 async def oldest_pending_age_s(session: AsyncSession) -> float | None:
