@@ -39,6 +39,8 @@ async def require_service_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """Admit a request only with `Authorization: Bearer <one of API_KEYS>`."""
+    if request.scope.get("service_key_checked"):  # already done by StrictJSONRoute
+        return
     if credentials is None:
         raise _unauthorized("Missing bearer token")
     keys: list[bytes] = request.app.state.api_keys
@@ -49,6 +51,7 @@ async def require_service_key(
         matched |= hmac.compare_digest(presented, key)
     if not matched:
         raise _unauthorized("Invalid bearer token")
+    request.scope["service_key_checked"] = True
 
 
 def session_id_path(
