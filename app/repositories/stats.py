@@ -39,21 +39,26 @@ _ESCALATED_CONVERSATIONS = """
     """
 # A user message's response time: until the next assistant message of its conversation.
 _RESPONSE_TIMES = """
+    WITH answered AS (
+        -- Only a conversation with a reply in the window can yield a response time.
+        SELECT DISTINCT conversation_id FROM messages WHERE {window} AND role = 'assistant'
+    )
     SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS p50,
            percentile_cont(0.95) WITHIN GROUP (ORDER BY seconds) AS p95
     FROM (
-        -- Walking each conversation newest first, the smallest [seq, time] among the
-        -- assistant messages already passed is the next reply of the current message.
-        -- One sort and one pass, however many user messages wait for a reply (a
-        -- per-message look-ahead is quadratic in a long unanswered run).
-        SELECT role,
-               (min(ARRAY[seq::float8, extract(epoch FROM created_at)::float8])
-                    FILTER (WHERE role = 'assistant')
-                    OVER (PARTITION BY conversation_id ORDER BY seq DESC
-                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING))[2]
-               - extract(epoch FROM created_at)::float8 AS seconds
-        FROM messages
-        WHERE {window}
+        -- Walking each conversation newest first, the earliest assistant message already
+        -- passed is the next reply of the current message (created_at follows seq). One
+        -- sort and one pass, however many user messages wait for a reply: a
+        -- per-message look-ahead is quadratic in a long unanswered run.
+        SELECT message.role,
+               extract(epoch FROM
+                   min(message.created_at) FILTER (WHERE message.role = 'assistant')
+                       OVER (PARTITION BY message.conversation_id ORDER BY message.seq DESC
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+                   - message.created_at)::float8 AS seconds
+        FROM messages AS message
+        JOIN answered ON answered.conversation_id = message.conversation_id
+        WHERE {message_window}
     ) AS timeline
     WHERE role = 'user' AND seconds IS NOT NULL
     """
@@ -81,6 +86,7 @@ def _variant(windowed: bool) -> dict[str, Any]:
                 window=window("created_at"),
                 c_window=window("c.created_at"),
                 e_window=window("e.created_at"),
+                message_window=window("message.created_at"),
             )
         )
         for name, query in _QUERIES.items()
@@ -89,6 +95,9 @@ def _variant(windowed: bool) -> dict[str, Any]:
 
 _WINDOWED = _variant(True)
 _ALL_TIME = _variant(False)
+
+
+_SORT_MEMORY = text("SET LOCAL work_mem = '32MB'")
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,9 @@ async def collect(session: AsyncSession, *, since: datetime | None) -> DatabaseS
     """Count conversations, messages and escalations created at or after `since`."""
     parameters = {"since": since}
     queries = _WINDOWED if since is not None else _ALL_TIME
+    # The response-time sort of a busy day's messages fits in memory with this; SET LOCAL
+    # ends with the transaction (safe behind a transaction pooler).
+    await session.execute(_SORT_MEMORY)
     conversations = dict.fromkeys(CONVERSATION_STATUSES, 0)
     for status, count in (await session.execute(queries["conversations"], parameters)).all():
         if status in conversations:
