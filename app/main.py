@@ -38,6 +38,9 @@ Errors are `{"detail": ...}`; 422 bad input, 401 bad key, 404 unknown,
 """
 
 
+_BODILESS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class BodyLimit:
     """Bodies over the limit get 413 with the usual JSON error body.
 
@@ -53,7 +56,7 @@ class BodyLimit:
         self.detail = f"Request body larger than {max_body_bytes} bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in _BODILESS:
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:
@@ -133,6 +136,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Metrics are Prometheus (app.metrics); FastAPI's OpenTelemetry hooks would only
+        # look for providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.api_keys = settings.api_key_values
