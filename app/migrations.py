@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported where it is used: the API process needs only the head revision,
+# once, and importing it up front would add to every start-up.
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def alembic_config(database_url: str | None = None) -> Config:
     """Alembic's config for this project; the URL travels as an attribute, not via the ini."""
+    from alembic.config import Config
+
     config = Config(str(PROJECT_ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(PROJECT_ROOT / "alembic"))
     if database_url is not None:
@@ -25,6 +30,8 @@ def alembic_config(database_url: str | None = None) -> Config:
 @lru_cache(maxsize=1)
 def head_revision() -> str:
     """The newest revision in alembic/versions."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:
         raise RuntimeError("no Alembic revisions found")
@@ -33,6 +40,8 @@ def head_revision() -> str:
 
 def revisions_between(current: str | None, head: str) -> int:
     """How many revisions an upgrade from `current` (None: empty database) to `head` applies."""
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(alembic_config())
     count = 0
     for revision in script.walk_revisions(base="base", head=head):
@@ -44,6 +53,8 @@ def revisions_between(current: str | None, head: str) -> int:
 
 def upgrade_to_head(database_url: str | None = None) -> None:
     """Run `alembic upgrade head` (env.py runs its own event loop)."""
+    from alembic import command
+
     command.upgrade(alembic_config(database_url), "head")
 
 
