@@ -19,11 +19,6 @@ _CONVERSATIONS = """
     WHERE {window}
     GROUP BY status
     """
-_MESSAGES = """
-    SELECT role, count(*) AS n FROM messages
-    WHERE {window}
-    GROUP BY role
-    """
 _ESCALATIONS = """
     SELECT status, issue_type, count(*) AS n FROM escalations
     WHERE {window}
@@ -37,29 +32,31 @@ _ESCALATED_CONVERSATIONS = """
     FROM escalations AS e JOIN conversations AS c ON c.id = e.conversation_id
     WHERE {e_window} AND {c_window}
     """
-# A user message's response time: until the next assistant message of its conversation.
-_RESPONSE_TIMES = """
-    WITH answered AS (
-        -- Only a conversation with a reply in the window can yield a response time.
-        SELECT DISTINCT conversation_id FROM messages WHERE {window} AND role = 'assistant'
-    )
-    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS p50,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY seconds) AS p95
-    FROM (
-        -- Walking each conversation newest first, the earliest assistant message already
-        -- passed is the next reply of the current message (created_at follows seq). One
-        -- sort and one pass, however many user messages wait for a reply: a
-        -- per-message look-ahead is quadratic in a long unanswered run.
-        SELECT message.role,
+# Messages by role and response times, from one read of the window's messages. A user
+# message's response time runs until the next assistant message of its conversation:
+# walking each conversation newest first, the earliest assistant message already passed
+# is that reply (created_at follows seq). One sort and one pass, however many user
+# messages wait for a reply (a per-message look-ahead is quadratic in an unanswered run),
+# and only over conversations with a reply in the window.
+_MESSAGES_AND_RESPONSE_TIMES = """
+    WITH windowed AS MATERIALIZED (
+        SELECT conversation_id, seq, role, created_at FROM messages WHERE {window}
+    ), answered AS (
+        SELECT DISTINCT conversation_id FROM windowed WHERE role = 'assistant'
+    ), timeline AS (
+        SELECT windowed.role,
                extract(epoch FROM
-                   min(message.created_at) FILTER (WHERE message.role = 'assistant')
-                       OVER (PARTITION BY message.conversation_id ORDER BY message.seq DESC
+                   min(windowed.created_at) FILTER (WHERE windowed.role = 'assistant')
+                       OVER (PARTITION BY windowed.conversation_id ORDER BY windowed.seq DESC
                              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
-                   - message.created_at)::float8 AS seconds
-        FROM messages AS message
-        JOIN answered ON answered.conversation_id = message.conversation_id
-        WHERE {message_window}
-    ) AS timeline
+                   - windowed.created_at)::float8 AS seconds
+        FROM windowed JOIN answered USING (conversation_id)
+    )
+    SELECT (SELECT count(*) FROM windowed WHERE role = 'user') AS user_messages,
+           (SELECT count(*) FROM windowed WHERE role = 'assistant') AS assistant_messages,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS p50,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY seconds) AS p95
+    FROM timeline
     WHERE role = 'user' AND seconds IS NOT NULL
     """
 
@@ -68,10 +65,9 @@ _QUERIES = {
     name: query
     for name, query in (
         ("conversations", _CONVERSATIONS),
-        ("messages", _MESSAGES),
         ("escalations", _ESCALATIONS),
         ("escalated_conversations", _ESCALATED_CONVERSATIONS),
-        ("response_times", _RESPONSE_TIMES),
+        ("messages_and_response_times", _MESSAGES_AND_RESPONSE_TIMES),
     )
 }
 
@@ -86,7 +82,6 @@ def _variant(windowed: bool) -> dict[str, Any]:
                 window=window("created_at"),
                 c_window=window("c.created_at"),
                 e_window=window("e.created_at"),
-                message_window=window("message.created_at"),
             )
         )
         for name, query in _QUERIES.items()
@@ -132,16 +127,13 @@ async def collect(session: AsyncSession, *, since: datetime | None) -> DatabaseS
     """Count conversations, messages and escalations created at or after `since`."""
     parameters = {"since": since}
     queries = _WINDOWED if since is not None else _ALL_TIME
-    # The response-time sort of a busy day's messages fits in memory with this; SET LOCAL
+    # A busy day's messages are held and sorted in memory with this; SET LOCAL
     # ends with the transaction (safe behind a transaction pooler).
     await session.execute(_SORT_MEMORY)
     conversations = dict.fromkeys(CONVERSATION_STATUSES, 0)
     for status, count in (await session.execute(queries["conversations"], parameters)).all():
         if status in conversations:
             conversations[status] = count
-    messages = {"user": 0, "assistant": 0}
-    for role, count in (await session.execute(queries["messages"], parameters)).all():
-        messages[role] = count
     by_status = dict.fromkeys(ESCALATION_STATUSES, 0)
     by_issue_type: dict[str, int] = {}
     for status, issue_type, count in (
@@ -151,13 +143,13 @@ async def collect(session: AsyncSession, *, since: datetime | None) -> DatabaseS
             by_status[status] += count
         by_issue_type[issue_type] = by_issue_type.get(issue_type, 0) + count
     escalated = int(await session.scalar(queries["escalated_conversations"], parameters) or 0)
-    times = (await session.execute(queries["response_times"], parameters)).one()
+    window = (await session.execute(queries["messages_and_response_times"], parameters)).one()
     return DatabaseStats(
         conversations=conversations,
-        messages=messages,
+        messages={"user": window.user_messages, "assistant": window.assistant_messages},
         escalations_by_status=by_status,
         escalations_by_issue_type=by_issue_type,
         escalated_conversations=escalated,
-        response_p50=times.p50,
-        response_p95=times.p95,
+        response_p50=window.p50,
+        response_p95=window.p95,
     )
