@@ -16,7 +16,7 @@ from app.api import conversations, escalations, notifications, ops, sessions, st
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
 from app.fastpath import HotPaths
-from app.metrics import ApiCounters, CountRequests, ObserveRequests, forget_pool, observe_pool
+from app.metrics import ApiCounters, ObserveRequests, forget_pool, observe_pool
 from app.notify import BackgroundNotifier
 from app.settings import Settings, load_settings
 
@@ -172,6 +172,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(BodyLimit, max_body_bytes=MAX_BODY_BYTES)
-    app.add_middleware(CountRequests, counters=app.state.api_counters)
-    app.add_middleware(ObserveRequests)
+    app.add_middleware(ObserveRequests, counters=app.state.api_counters)
     return app

@@ -145,34 +145,6 @@ class ApiCounters:
         return {"requests": self.requests, "errors_5xx": self.errors_5xx, "error_rate": rate}
 
 
-class CountRequests:
-    """Counts every HTTP request and each 5xx answer (an unhandled error counts as 500)."""
-
-    def __init__(self, app: ASGIApp, counters: ApiCounters) -> None:
-        self.app = app
-        self.counters = counters
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        counters = self.counters
-        counters.requests += 1
-        status = 500
-
-        async def counting_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, counting_send)
-        finally:
-            if status >= 500:
-                counters.errors_5xx += 1
-
-
 def _request_id(scope: Scope) -> bytes:
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER:
@@ -236,8 +208,9 @@ class ObserveRequests:
     it is echoed in the response and attached to every log line of the request.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, counters: ApiCounters) -> None:
         self.app = app
+        self.counters = counters  # the `api` block of /stats
         self.route_template = RouteTemplates()
         # labels() takes a lock and builds keys on every call; the children are cached.
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -247,6 +220,7 @@ class ObserveRequests:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        self.counters.requests += 1
         request_id = _request_id(scope)
         token = request_id_var.set(request_id.decode())
         status = 500
@@ -263,6 +237,8 @@ class ObserveRequests:
             await self.app(scope, receive, observing_send)
         finally:
             HTTP_IN_FLIGHT.dec()
+            if status >= 500:  # an unhandled error counts as 500
+                self.counters.errors_5xx += 1
             elapsed = time.perf_counter() - started
             route = self.route_template(scope)
             method = scope["method"]
