@@ -123,6 +123,12 @@ class Message(Base):
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
         Index("ix_messages_created_at", "created_at"),
+        # /stats response times start from the window's assistant replies.
+        Index(
+            "ix_messages_assistant_created_at",
+            "created_at",
+            postgresql_where=text("role = 'assistant'"),
+        ),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -48,7 +49,7 @@ def test_upgrade_downgrade_and_upgrade_again_all_work(empty_database: str) -> No
 def test_each_revision_steps_down_and_up_again(empty_database: str) -> None:
     config = alembic_config(empty_database)
     upgrade_to_head(empty_database)
-    for _ in range(8):
+    for _ in range(9):
         command.downgrade(config, "-1")
     command.upgrade(config, "head")
     assert set(ALL_TABLES) <= asyncio.run(_tables(empty_database))
@@ -170,3 +171,46 @@ async def test_seq_is_not_null_and_ids_default_in_the_database(
     for table in ("users", "conversations", "messages", "escalations"):
         assert columns[(table, "id")].column_default == "gen_random_uuid()"
         assert columns[(table, "created_at")].column_default == "now()"
+
+
+async def _run_sql(url: str, *statements: str) -> list[Any]:
+    from tests.conftest import _asyncpg_dsn
+
+    connection = await asyncpg.connect(_asyncpg_dsn(url))
+    try:
+        return [await connection.fetch(statement) for statement in statements]
+    finally:
+        await connection.close()
+
+
+def test_the_reply_index_is_rebuilt_when_an_earlier_build_left_it_invalid(
+    empty_database: str,
+) -> None:
+    # CREATE INDEX CONCURRENTLY that fails half way leaves an INVALID index of the name
+    # behind; IF NOT EXISTS alone would then skip the build and keep the broken one.
+    config = alembic_config(empty_database)
+    command.upgrade(config, "0009")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        asyncio.run(
+            _run_sql(
+                empty_database,
+                "INSERT INTO conversations (id, session_id) "
+                "VALUES ('00000000-0000-4000-8000-00000000000a', 'invalid-index-session-0123')",
+                "INSERT INTO messages (conversation_id, role, content) VALUES "
+                "('00000000-0000-4000-8000-00000000000a', 'assistant', 'one'), "
+                "('00000000-0000-4000-8000-00000000000a', 'assistant', 'two')",
+                # Fails on the duplicate, after the catalog entry exists.
+                "CREATE UNIQUE INDEX CONCURRENTLY ix_messages_assistant_created_at "
+                "ON messages (role) WHERE role = 'assistant'",
+            )
+        )
+    command.upgrade(config, "head")
+    [rows] = asyncio.run(
+        _run_sql(
+            empty_database,
+            "SELECT i.indisvalid, pg_get_indexdef(i.indexrelid) AS definition FROM pg_index AS i "
+            "WHERE i.indexrelid = 'ix_messages_assistant_created_at'::regclass",
+        )
+    )
+    assert [row["indisvalid"] for row in rows] == [True]
+    assert "(created_at) WHERE" in rows[0]["definition"]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import random
 import re
 from collections.abc import Iterator
 from contextlib import redirect_stdout
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import stats_data
 from conftest import TABLES, fresh_database
 from ops_support import execute, run, run_cli
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.cli import main
 from app.migrations import upgrade_to_head
@@ -175,6 +177,9 @@ async def test_windowed_stats_queries_read_indexes_not_whole_tables(
             name,
             plan,
         )
+        if name == "response_times":
+            # From the window's replies, not from every message of the window.
+            assert "ix_messages_assistant_created_at" in plan, plan
 
 
 # The CLI reads committed data: its own database, seeded once.
@@ -237,3 +242,75 @@ def test_cli_stats_show_a_dash_for_response_times_when_nothing_was_answered(
     assert table["since:"] == "2031-01-01T00:00:00+00:00"
     assert table["response_time_seconds.p50"] == "-"
     assert table["conversations.total"] == "0"
+
+
+def _percentile_cont(values: list[float], fraction: float) -> float:
+    # PostgreSQL's percentile_cont: linear interpolation between the two nearest ranks.
+    ordered = sorted(values)
+    position = fraction * (len(ordered) - 1)
+    lower = int(position)
+    upper = min(lower + 1, len(ordered) - 1)
+    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
+
+
+def _reference_waits(
+    history: dict[str, list[tuple[str, datetime]]], since: datetime | None
+) -> list[float]:
+    """Each user message of the window, timed to the next assistant message of its
+    conversation when that reply is in the window too: the SPEC's rule, spelled out."""
+    waits = []
+    for messages in history.values():
+        for position, (role, moment) in enumerate(messages):
+            if role != "user" or (since is not None and moment < since):
+                continue
+            reply = next((m for r, m in messages[position + 1 :] if r == "assistant"), None)
+            if reply is not None and (since is None or reply >= since):
+                waits.append((reply - moment).total_seconds())
+    return waits
+
+
+async def test_response_times_match_the_rule_over_random_histories(db: AsyncSession) -> None:
+    # Runs of unanswered questions, replies with no question since the last one, replies
+    # just inside the window to questions just outside it, and conversations that never
+    # get a reply: every shape the walk back from a reply has to get right.
+    rng = random.Random(20261125)
+    await db.execute(text(f"TRUNCATE {TABLES} CASCADE"))
+    await db.execute(text("INSERT INTO users (id) VALUES ('00000000-0000-4000-8000-000000000003')"))
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    history: dict[str, list[tuple[str, datetime]]] = {}
+    for number in range(60):
+        conversation = f"00000000-0000-4000-8000-{number:012x}"
+        await db.execute(
+            text(
+                "INSERT INTO conversations (id, user_id, session_id, created_at) "
+                "VALUES (:id, '00000000-0000-4000-8000-000000000003', :session, :at)"
+            ),
+            {"id": conversation, "session": f"reference-session-{number:04d}-0123", "at": start},
+        )
+        moment = start + timedelta(seconds=rng.randint(0, 3600))
+        messages = []
+        for _ in range(rng.choice([0, 1, 2, 5, 12, 30])):
+            moment += timedelta(seconds=rng.randint(1, 400))
+            messages.append((rng.choice(["user", "user", "assistant"]), moment))
+        for role, at in messages:
+            await db.execute(
+                text(
+                    "INSERT INTO messages (conversation_id, role, content, created_at) "
+                    "VALUES (:id, :role, 'x', :at)"
+                ),
+                {"id": conversation, "role": role, "at": at},
+            )
+        history[conversation] = messages
+    moments = sorted(at for messages in history.values() for _, at in messages)
+    windows: list[datetime | None] = [None, start, *(rng.choice(moments) for _ in range(6))]
+    for since in windows:
+        collected = await stats.collect(db, since=since)
+        waits = _reference_waits(history, since)
+        assert waits, since  # the data set answers something in every window
+        assert collected.response_p50 == pytest.approx(_percentile_cont(waits, 0.5)), since
+        assert collected.response_p95 == pytest.approx(_percentile_cont(waits, 0.95)), since
+        in_window = [r for m in history.values() for r, at in m if since is None or at >= since]
+        assert collected.messages == {
+            "user": in_window.count("user"),
+            "assistant": in_window.count("assistant"),
+        }

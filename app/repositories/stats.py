@@ -32,32 +32,49 @@ _ESCALATED_CONVERSATIONS = """
     FROM escalations AS e JOIN conversations AS c ON c.id = e.conversation_id
     WHERE {e_window} AND {c_window}
     """
-# Messages by role and response times, from one read of the window's messages. A user
-# message's response time runs until the next assistant message of its conversation:
-# walking each conversation newest first, the earliest assistant message already passed
-# is that reply (created_at follows seq). One sort and one pass, however many user
-# messages wait for a reply (a per-message look-ahead is quadratic in an unanswered run),
-# and only over conversations with a reply in the window.
-_MESSAGES_AND_RESPONSE_TIMES = """
-    WITH windowed AS MATERIALIZED (
-        SELECT conversation_id, seq, role, created_at FROM messages WHERE {window}
-    ), answered AS (
-        SELECT DISTINCT conversation_id FROM windowed WHERE role = 'assistant'
-    ), timeline AS (
-        SELECT windowed.role,
-               extract(epoch FROM
-                   min(windowed.created_at) FILTER (WHERE windowed.role = 'assistant')
-                       OVER (PARTITION BY windowed.conversation_id ORDER BY windowed.seq DESC
-                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
-                   - windowed.created_at)::float8 AS seconds
-        FROM windowed JOIN answered USING (conversation_id)
+_MESSAGES = """
+    SELECT count(*) FILTER (WHERE role = 'user') AS user_messages,
+           count(*) FILTER (WHERE role = 'assistant') AS assistant_messages
+    FROM messages
+    WHERE {window}
+    """
+# A user message's response time runs until the next assistant message of its
+# conversation. Start from the window's replies (a partial index holds assistant rows
+# only) and walk back along (conversation_id, seq) to the previous reply: the user
+# messages in between are the ones each reply answers. Messages still waiting for a
+# reply, on a busy day most of the window, are never read. The previous reply is the
+# window's own when there is one (lag) and else one backward probe. A reply after a user
+# message of the window is in the window too, since created_at follows seq.
+# OFFSET 0 keeps the lateral subquery a per-reply index probe: pulled up into a join,
+# the planner may sort the whole window to merge it instead.
+_RESPONSE_TIMES = """
+    WITH replies AS MATERIALIZED (
+        SELECT conversation_id, seq, created_at,
+               lag(seq) OVER (PARTITION BY conversation_id ORDER BY seq) AS previous_seq
+        FROM messages
+        WHERE role = 'assistant' AND {window}
+    ), answers AS (
+        SELECT conversation_id, seq, created_at,
+               coalesce(
+                   previous_seq,
+                   (SELECT earlier.seq FROM messages AS earlier
+                    WHERE earlier.conversation_id = replies.conversation_id
+                      AND earlier.seq < replies.seq AND earlier.role = 'assistant'
+                    ORDER BY earlier.seq DESC LIMIT 1),
+                   0
+               ) AS answers_after_seq
+        FROM replies
     )
-    SELECT (SELECT count(*) FROM windowed WHERE role = 'user') AS user_messages,
-           (SELECT count(*) FROM windowed WHERE role = 'assistant') AS assistant_messages,
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS p50,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY seconds) AS p95
-    FROM timeline
-    WHERE role = 'user' AND seconds IS NOT NULL
+    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY waits.seconds) AS p50,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY waits.seconds) AS p95
+    FROM answers CROSS JOIN LATERAL (
+        SELECT extract(epoch FROM answers.created_at - asked.created_at)::float8 AS seconds
+        FROM messages AS asked
+        WHERE asked.conversation_id = answers.conversation_id
+          AND asked.seq > answers.answers_after_seq AND asked.seq < answers.seq
+          AND asked.role = 'user' AND {asked_window}
+        OFFSET 0
+    ) AS waits
     """
 
 
@@ -67,7 +84,8 @@ _QUERIES = {
         ("conversations", _CONVERSATIONS),
         ("escalations", _ESCALATIONS),
         ("escalated_conversations", _ESCALATED_CONVERSATIONS),
-        ("messages_and_response_times", _MESSAGES_AND_RESPONSE_TIMES),
+        ("messages", _MESSAGES),
+        ("response_times", _RESPONSE_TIMES),
     )
 }
 
@@ -82,6 +100,7 @@ def _variant(windowed: bool) -> dict[str, Any]:
                 window=window("created_at"),
                 c_window=window("c.created_at"),
                 e_window=window("e.created_at"),
+                asked_window=window("asked.created_at"),
             )
         )
         for name, query in _QUERIES.items()
@@ -92,7 +111,11 @@ _WINDOWED = _variant(True)
 _ALL_TIME = _variant(False)
 
 
-_SORT_MEMORY = text("SET LOCAL work_mem = '32MB'")
+# For this transaction only (safe behind a transaction pooler): memory to sort the
+# replies of a long window in, and no JIT, whose compile time (tens of milliseconds)
+# a window's few thousand rows never win back; row estimates just after a burst of
+# inserts are stale enough to cross its cost threshold.
+_TUNING = text("SELECT set_config('work_mem', '32MB', true), set_config('jit', 'off', true)")
 
 
 @dataclass(frozen=True)
@@ -127,9 +150,7 @@ async def collect(session: AsyncSession, *, since: datetime | None) -> DatabaseS
     """Count conversations, messages and escalations created at or after `since`."""
     parameters = {"since": since}
     queries = _WINDOWED if since is not None else _ALL_TIME
-    # A busy day's messages are held and sorted in memory with this; SET LOCAL
-    # ends with the transaction (safe behind a transaction pooler).
-    await session.execute(_SORT_MEMORY)
+    await session.execute(_TUNING)
     conversations = dict.fromkeys(CONVERSATION_STATUSES, 0)
     for status, count in (await session.execute(queries["conversations"], parameters)).all():
         if status in conversations:
@@ -143,13 +164,14 @@ async def collect(session: AsyncSession, *, since: datetime | None) -> DatabaseS
             by_status[status] += count
         by_issue_type[issue_type] = by_issue_type.get(issue_type, 0) + count
     escalated = int(await session.scalar(queries["escalated_conversations"], parameters) or 0)
-    window = (await session.execute(queries["messages_and_response_times"], parameters)).one()
+    messages = (await session.execute(queries["messages"], parameters)).one()
+    response_times = (await session.execute(queries["response_times"], parameters)).one()
     return DatabaseStats(
         conversations=conversations,
-        messages={"user": window.user_messages, "assistant": window.assistant_messages},
+        messages={"user": messages.user_messages, "assistant": messages.assistant_messages},
         escalations_by_status=by_status,
         escalations_by_issue_type=by_issue_type,
         escalated_conversations=escalated,
-        response_p50=window.p50,
-        response_p95=window.p95,
+        response_p50=response_times.p50,
+        response_p95=response_times.p95,
     )
