@@ -8,7 +8,6 @@ import ssl
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-import httpx
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
@@ -189,6 +188,8 @@ class Settings(BaseSettings):
         if value is None or not value.get_secret_value().strip():
             return None
         raw = value.get_secret_value().strip()
+        import httpx  # only when a webhook is configured: it costs start-up ~60 ms
+
         try:
             url = httpx.URL(raw)
         except (httpx.InvalidURL, ValueError):
