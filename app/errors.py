@@ -199,5 +199,8 @@ def _unavailable(request: Request, error: BaseException) -> JSONResponse:
 
 
 def _template(request: Request) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", "unmatched")
+    # The full template (create_app sets the lookup), as metrics and request logs name it.
+    templates = getattr(request.app.state, "route_templates", None)
+    if templates is not None:
+        return str(templates(request.scope))
+    return str(getattr(request.scope.get("route"), "path", "unmatched"))

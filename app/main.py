@@ -16,7 +16,7 @@ from app.api import conversations, escalations, notifications, ops, sessions, st
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
 from app.fastpath import HotPaths
-from app.metrics import ApiCounters, ObserveRequests, forget_pool, observe_pool
+from app.metrics import ApiCounters, ObserveRequests, RouteTemplates, forget_pool, observe_pool
 from app.notify import BackgroundNotifier
 from app.settings import Settings, load_settings
 
@@ -143,6 +143,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.api_keys = settings.api_key_values
     app.state.api_counters = ApiCounters()
+    # Full route templates (/api/v1/sessions/{session_id}), for metrics, request logs
+    # and the outage log alike.
+    app.state.route_templates = RouteTemplates()
 
     for router in (
         sessions.router,
@@ -172,5 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(BodyLimit, max_body_bytes=MAX_BODY_BYTES)
-    app.add_middleware(ObserveRequests, counters=app.state.api_counters)
+    app.add_middleware(
+        ObserveRequests, counters=app.state.api_counters, routes=app.state.route_templates
+    )
     return app

@@ -89,12 +89,24 @@ async def test_log_lines_written_during_a_request_carry_its_request_id(
         response = await http.get(
             "/api/v1/sessions/some-session-0123456789", headers={"X-Request-ID": "trace-503"}
         )
-    assert response.status_code == 503
+        # The same outage met by a FastAPI route rather than the hot-path layer.
+        routed = await http.get(
+            "/api/v1/sessions/some-session-0123456789/escalations",
+            headers={"X-Request-ID": "trace-503-routed"},
+        )
+    assert response.status_code == routed.status_code == 503
     lines = [json.loads(line) for line in captured_json.getvalue().splitlines()]
-    by_event = {line["event"]: line for line in lines if line.get("request_id") == "trace-503"}
-    assert set(by_event) == {"database_unavailable", "request"}
-    assert by_event["request"]["status"] == 503
-    assert by_event["request"]["level"] == "WARNING"
+    for request_id, template in (
+        ("trace-503", "/api/v1/sessions/{session_id}"),
+        ("trace-503-routed", "/api/v1/sessions/{session_id}/escalations"),
+    ):
+        by_event = {line["event"]: line for line in lines if line.get("request_id") == request_id}
+        assert set(by_event) == {"database_unavailable", "request"}
+        assert by_event["request"]["status"] == 503
+        assert by_event["request"]["level"] == "WARNING"
+        # Both lines name the route the same way, as /metrics does.
+        assert by_event["database_unavailable"]["path_template"] == template
+        assert by_event["request"]["route"] == template
 
 
 @pytest.fixture
