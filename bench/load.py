@@ -61,6 +61,10 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
     deadline_warmup = time.perf_counter() + job.get("warmup", 1.0)
     deadline = deadline_warmup + job["seconds"]
     latencies: list[float] = []
+    # A job may tag its paths (`labels`, one per path): latencies are then also kept per
+    # tag, so two kinds of request interleaved on one connection compare like for like.
+    labels: list[str] | None = job.get("labels")
+    tagged: dict[str, list[float]] = {label: [] for label in labels or []}
     statuses: dict[int, int] = {}
     counter = iter(range(10**12))
 
@@ -82,6 +86,8 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
                 finished = time.perf_counter()
                 if started >= deadline_warmup:
                     latencies.append((finished - started) * 1000)
+                    if labels is not None:
+                        tagged[labels[index % len(labels)]].append(latencies[-1])
                     statuses[status] = statuses.get(status, 0) + 1
         finally:
             writer.close()
@@ -89,20 +95,25 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
                 await writer.wait_closed()
 
     await asyncio.gather(*(connection(n * 7919) for n in range(job["connections"])))
-    latencies.sort()
     count = len(latencies)
-
-    def percentile(share: float) -> float | None:
-        return latencies[min(count - 1, int(share * count))] if count else None
-
     return {
         "name": job.get("name"),
         "requests": count,
         "rps": count / job["seconds"],
-        "p50_ms": percentile(0.50),
-        "p99_ms": percentile(0.99),
+        "p50_ms": percentile(latencies, 0.50),
+        "p99_ms": percentile(latencies, 0.99),
         "statuses": {str(code): n for code, n in sorted(statuses.items())},
+        "by_label": {
+            label: {"requests": len(values), "p50_ms": percentile(values, 0.50)}
+            for label, values in tagged.items()
+        },
     }
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """The value below which `share` of them fall (nearest rank); None when empty."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else None
 
 
 async def main() -> None:

@@ -44,7 +44,8 @@ _MESSAGES = """
 # messages in between are the ones each reply answers. Messages still waiting for a
 # reply, on a busy day most of the window, are never read. The previous reply is the
 # window's own when there is one (lag) and else one backward probe. A reply after a user
-# message of the window is in the window too, since created_at follows seq.
+# message of the window is in the window too: created_at follows seq (up to the start
+# times of concurrent transactions, a few milliseconds at the window's edge).
 # OFFSET 0 keeps the lateral subquery a per-reply index probe: pulled up into a join,
 # the planner may sort the whole window to merge it instead.
 _RESPONSE_TIMES = """
