@@ -199,8 +199,5 @@ def _unavailable(request: Request, error: BaseException) -> JSONResponse:
 
 
 def _template(request: Request) -> str:
-    # The full template (create_app sets the lookup), as metrics and request logs name it.
-    templates = getattr(request.app.state, "route_templates", None)
-    if templates is not None:
-        return str(templates(request.scope))
-    return str(getattr(request.scope.get("route"), "path", "unmatched"))
+    # The full template, from the lookup metrics and request logs use (create_app).
+    return str(request.app.state.route_templates(request.scope))

@@ -208,12 +208,10 @@ class ObserveRequests:
     it is echoed in the response and attached to every log line of the request.
     """
 
-    def __init__(
-        self, app: ASGIApp, counters: ApiCounters, routes: RouteTemplates | None = None
-    ) -> None:
+    def __init__(self, app: ASGIApp, counters: ApiCounters, routes: RouteTemplates) -> None:
         self.app = app
         self.counters = counters  # the `api` block of /stats
-        self.route_template = routes or RouteTemplates()
+        self.route_template = routes
         # labels() takes a lock and builds keys on every call; the children are cached.
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 

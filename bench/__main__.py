@@ -216,10 +216,15 @@ def measure_page_depth(
             "warmup": 0.5,
         }
     )
+    require_2xx(result, "depth")
+    return result
+
+
+def require_2xx(result: dict[str, Any], what: str) -> None:
+    """A load result's figures mean nothing if any answer was an error."""
     bad = {code: n for code, n in result["statuses"].items() if code[0] != "2"}
     if bad:
-        raise RuntimeError(f"depth: non-2xx answers {bad}")
-    return result
+        raise RuntimeError(f"{what}: non-2xx answers {bad}")
 
 
 def measure_stats(port: int, samples: int = 15) -> list[float]:
@@ -350,9 +355,7 @@ def run(arguments: argparse.Namespace) -> int:
                             "warmup": arguments.warmup,
                         }
                     )
-                    bad = {code: n for code, n in result["statuses"].items() if code[0] != "2"}
-                    if bad:
-                        raise RuntimeError(f"{server.name} {case.name}: non-2xx answers {bad}")
+                    require_2xx(result, f"{server.name} {case.name}")
                     case.results.setdefault(server.name, []).append(result)
             log(f"  round {round_number + 1}/{arguments.rounds} done")
         peak_rss = {server.name: server.peak_rss_mb() for server in servers}

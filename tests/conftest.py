@@ -76,15 +76,17 @@ def _server_url() -> Iterator[str]:
         server.cleanup()
 
 
-def _asyncpg_dsn(url: str) -> str:
-    parsed = make_url(url).set(drivername="postgresql")
-    return parsed.render_as_string(hide_password=False)
+def asyncpg_dsn(url: str) -> str:
+    """A URL asyncpg (and libpq's pg_dump) accepts."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def _admin(url: str, statement: str) -> None:
-    connection = await asyncpg.connect(_asyncpg_dsn(url))
+async def execute(url: str, *statements: str) -> None:
+    """Run SQL statements on their own committed connection."""
+    connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        await connection.execute(statement)
+        for statement in statements:
+            await connection.execute(statement)
     finally:
         await connection.close()
 
@@ -98,11 +100,11 @@ def with_database(url: str, name: str) -> str:
 def fresh_database(server_url: str) -> Iterator[str]:
     """Create an empty database on the server, drop it afterwards."""
     name = f"member_support_test_{secrets.token_hex(4)}"
-    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    asyncio.run(execute(server_url, f'CREATE DATABASE "{name}"'))
     try:
         yield with_database(server_url, name)
     finally:
-        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
@@ -203,6 +205,14 @@ def _client(app: FastAPI, **headers: str) -> httpx.AsyncClient:
         base_url="http://test",
         headers=headers,
     )
+
+
+@contextlib.asynccontextmanager
+async def started_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An app of its own on these settings, its lifespan run, and a client on it."""
+    application = create_app(settings)
+    async with LifespanManager(application), _client(application) as http:
+        yield http
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-from conftest import SERVICE_KEY
-from sqlalchemy.engine import make_url
+from conftest import SERVICE_KEY, asyncpg_dsn
+from conftest import execute as execute  # the operations tests' name for it
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "member-support")
@@ -31,11 +31,6 @@ _SERVICE_VARIABLES = {
     "PROMETHEUS_MULTIPROC_DIR",
     "WORKERS",
 }
-
-
-def asyncpg_dsn(url: str) -> str:
-    """A URL asyncpg (and libpq's pg_dump) accepts."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def cli_environment(database_url: str | None, **extra: str) -> dict[str, str]:
@@ -61,16 +56,6 @@ def run_cli(
         text=True,
         timeout=120,
     )
-
-
-async def execute(database_url: str, *statements: str) -> None:
-    """Run SQL statements on their own committed connection."""
-    connection = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
 
 
 async def fetch_value(database_url: str, query: str, *arguments: object) -> object:

@@ -3,20 +3,16 @@ and read the same data back through the API."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
-from conftest import SERVICE_KEY, fresh_database, make_settings
+from conftest import SERVICE_KEY, fresh_database, make_settings, started_client
 from ops_support import asyncpg_dsn, run
 
-from app.main import create_app
 from app.migrations import upgrade_to_head
 
 
@@ -54,18 +50,6 @@ def _server_major(url: str) -> int:
 
 
 HEADERS = {"Authorization": f"Bearer {SERVICE_KEY}"}
-
-
-@contextlib.asynccontextmanager
-async def _api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    application = create_app(make_settings(database_url))
-    async with (
-        LifespanManager(application),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=application), base_url="http://test"
-        ) as http,
-    ):
-        yield http
 
 
 async def _populate(http: httpx.AsyncClient) -> tuple[str, str]:
@@ -117,7 +101,7 @@ def test_a_dump_restored_into_an_empty_database_serves_the_same_data(
         upgrade_to_head(source_url)
 
         async def before() -> tuple[str, str, dict[str, Any]]:
-            async with _api(source_url) as http:
+            async with started_client(make_settings(source_url)) as http:
                 session_id, conversation_id = await _populate(http)
                 return (
                     session_id,
@@ -157,7 +141,7 @@ def test_a_dump_restored_into_an_empty_database_serves_the_same_data(
         assert restored.returncode == 0, restored.stderr
 
         async def after() -> tuple[dict[str, Any], int, httpx.Response]:
-            async with _api(restored_url) as http:
+            async with started_client(make_settings(restored_url)) as http:
                 read = await _read_everything(http, session_id, conversation_id)
                 ready = await http.get("/readyz")
                 # The seq trigger came back too: a new message continues the sequence.

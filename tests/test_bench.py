@@ -12,9 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import asyncpg
 import pytest
-from conftest import _asyncpg_dsn
+from ops_support import asyncpg_dsn, fetch_value
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,14 +36,6 @@ TARGETS = [
 ]
 
 
-async def _databases(server_url: str) -> set[str]:
-    connection = await asyncpg.connect(_asyncpg_dsn(server_url))
-    try:
-        return {row["datname"] for row in await connection.fetch("SELECT datname FROM pg_database")}
-    finally:
-        await connection.close()
-
-
 def test_the_bench_runs_end_to_end_and_reports_every_target(
     server_url: str, tmp_path: Path
 ) -> None:
@@ -55,7 +46,7 @@ def test_the_bench_runs_end_to_end_and_reports_every_target(
             "-m",
             "bench",
             "--server-url",
-            _asyncpg_dsn(server_url),
+            asyncpg_dsn(server_url),
             "--conversations",
             "30000",
             "--filler",
@@ -98,4 +89,9 @@ def test_the_bench_runs_end_to_end_and_reports_every_target(
     # Its database is gone afterwards.
     created = re.search(r"bench database (bench_[0-9a-f]+)", done.stderr)
     assert created is not None, done.stderr
-    assert created.group(1) not in asyncio.run(_databases(server_url))
+    left = asyncio.run(
+        fetch_value(
+            server_url, "SELECT count(*) FROM pg_database WHERE datname = $1", created.group(1)
+        )
+    )
+    assert left == 0

@@ -17,11 +17,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
-from conftest import make_settings
+from conftest import make_settings, started_client
 from own_postgres import free_port
-
-from app.main import create_app
 
 pytestmark = pytest.mark.faults
 
@@ -159,16 +156,9 @@ async def test_an_outage_answers_503_and_loses_or_doubles_no_acknowledged_write(
     # after at most a pool timeout spent waiting for one of our own connections.
     command_timeout = settings.db_statement_timeout_ms / 1000 + POOL_TIMEOUT_S
     slowest_allowed = POOL_TIMEOUT_S + (command_timeout if pooler == "transaction" else 0)
-    app = create_app(settings)
     ledger = Ledger()
     stop = asyncio.Event()
-    async with (
-        LifespanManager(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-            base_url="http://test",
-        ) as client,
-    ):
+    async with started_client(settings) as client:
         opened = await client.post("/api/v1/sessions")
         assert opened.status_code == 201
         session_id = opened.json()["session_id"]
@@ -229,17 +219,11 @@ async def test_a_database_that_accepts_but_never_answers_gives_503_within_the_po
 
     server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    app = create_app(
-        _fault_settings(f"postgresql://postgres@127.0.0.1:{port}/postgres", db_pool_timeout_s=0.5)
+    settings = _fault_settings(
+        f"postgresql://postgres@127.0.0.1:{port}/postgres", db_pool_timeout_s=0.5
     )
     try:
-        async with (
-            LifespanManager(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-                base_url="http://test",
-            ) as client,
-        ):
+        async with started_client(settings) as client:
             started = time.monotonic()
             response = await asyncio.wait_for(
                 client.get("/api/v1/sessions/a-session-id-that-is-long-enough"), 10

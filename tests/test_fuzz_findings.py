@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import httpx
-from asgi_lifespan import LifespanManager
-from conftest import make_settings
+from conftest import make_settings, started_client
 from sqlalchemy.ext.asyncio import AsyncEngine
-
-from app.main import create_app
 
 
 async def test_escalations_keep_working_after_the_server_switches_to_a_generic_plan(
@@ -16,11 +12,8 @@ async def test_escalations_keep_working_after_the_server_switches_to_a_generic_p
     # PostgreSQL plans a prepared statement with its values 5 times, then may use a
     # generic plan; ON CONFLICT's partial-index predicate must not be a bind parameter
     # then, or the index is not inferred (42P10) and the 6th escalation was a 500.
-    app = create_app(make_settings(database_url, db_pool_size=1, db_max_overflow=0))
-    async with (
-        LifespanManager(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
-    ):
+    settings = make_settings(database_url, db_pool_size=1, db_max_overflow=0)
+    async with started_client(settings) as client:
         session_id = (await client.post("/api/v1/sessions")).json()["session_id"]
         statuses = [
             (

@@ -9,13 +9,11 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
-from conftest import make_settings
-from fastapi import FastAPI
+from conftest import make_settings, started_client
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.main import MAX_BODY_BYTES, create_app
+from app.main import MAX_BODY_BYTES
 from app.repositories.escalations import CONTEXT_MAX_BYTES
 from app.schemas import CONTACT_INFO_MAX_BYTES
 
@@ -30,19 +28,6 @@ async def _open_session(client: httpx.AsyncClient) -> dict[str, str]:
 async def _message_count(client: httpx.AsyncClient, session_id: str) -> int:
     page = await client.get(f"/api/v1/sessions/{session_id}/messages?limit=200")
     return len(page.json()["items"])
-
-
-@asynccontextmanager
-async def _own_app(database_url: str, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
-    app: FastAPI = create_app(make_settings(database_url, **overrides))
-    async with (
-        LifespanManager(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-            base_url="http://test",
-        ) as client,
-    ):
-        yield client
 
 
 # --- request body size ---------------------------------------------------------------
@@ -223,7 +208,7 @@ async def _conversation_locked(engine: AsyncEngine, conversation_id: str) -> Asy
 async def test_a_statement_running_past_the_statement_timeout_answers_503(
     database_url: str, committed_engine: AsyncEngine
 ) -> None:
-    async with _own_app(database_url, db_statement_timeout_ms=300) as client:
+    async with started_client(make_settings(database_url, db_statement_timeout_ms=300)) as client:
         session = await _open_session(client)
         async with _conversation_locked(committed_engine, session["conversation_id"]):
             started = time.monotonic()
@@ -243,8 +228,8 @@ async def test_a_statement_running_past_the_statement_timeout_answers_503(
 async def test_a_request_that_waits_past_the_pool_timeout_answers_503(
     database_url: str, committed_engine: AsyncEngine
 ) -> None:
-    async with _own_app(
-        database_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_s=0.3
+    async with started_client(
+        make_settings(database_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_s=0.3)
     ) as client:
         session = await _open_session(client)
         async with _conversation_locked(committed_engine, session["conversation_id"]):

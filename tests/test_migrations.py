@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Iterator
-from typing import Any
+from typing import cast
 
 import asyncpg
 import pytest
 from alembic import command
+from conftest import fresh_database
+from ops_support import execute, fetch_value
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.migrations import alembic_config, head_revision, upgrade_to_head
-from tests.conftest import fresh_database
 
 ALL_TABLES = ("users", "conversations", "messages", "escalations", "alembic_version")
 
@@ -26,14 +27,10 @@ def empty_database(server_url: str) -> Iterator[str]:
 
 
 async def _tables(url: str) -> set[str]:
-    from tests.conftest import _asyncpg_dsn
-
-    connection = await asyncpg.connect(_asyncpg_dsn(url))
-    try:
-        rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        return {row["tablename"] for row in rows}
-    finally:
-        await connection.close()
+    names = await fetch_value(
+        url, "SELECT array_agg(tablename) FROM pg_tables WHERE schemaname = 'public'"
+    )
+    return set(cast("list[str] | None", names) or [])
 
 
 def test_upgrade_downgrade_and_upgrade_again_all_work(empty_database: str) -> None:
@@ -173,16 +170,6 @@ async def test_seq_is_not_null_and_ids_default_in_the_database(
         assert columns[(table, "created_at")].column_default == "now()"
 
 
-async def _run_sql(url: str, *statements: str) -> list[Any]:
-    from tests.conftest import _asyncpg_dsn
-
-    connection = await asyncpg.connect(_asyncpg_dsn(url))
-    try:
-        return [await connection.fetch(statement) for statement in statements]
-    finally:
-        await connection.close()
-
-
 def test_the_reply_index_is_rebuilt_when_an_earlier_build_left_it_invalid(
     empty_database: str,
 ) -> None:
@@ -192,7 +179,7 @@ def test_the_reply_index_is_rebuilt_when_an_earlier_build_left_it_invalid(
     command.upgrade(config, "0009")
     with pytest.raises(asyncpg.UniqueViolationError):
         asyncio.run(
-            _run_sql(
+            execute(
                 empty_database,
                 "INSERT INTO conversations (id, session_id) "
                 "VALUES ('00000000-0000-4000-8000-00000000000a', 'invalid-index-session-0123')",
@@ -205,12 +192,13 @@ def test_the_reply_index_is_rebuilt_when_an_earlier_build_left_it_invalid(
             )
         )
     command.upgrade(config, "head")
-    [rows] = asyncio.run(
-        _run_sql(
+    rows = asyncio.run(
+        fetch_value(
             empty_database,
-            "SELECT i.indisvalid, pg_get_indexdef(i.indexrelid) AS definition FROM pg_index AS i "
-            "WHERE i.indexrelid = 'ix_messages_assistant_created_at'::regclass",
+            "SELECT array_agg(row(i.indisvalid, pg_get_indexdef(i.indexrelid))) "
+            "FROM pg_index AS i WHERE i.indexrelid = 'ix_messages_assistant_created_at'::regclass",
         )
     )
-    assert [row["indisvalid"] for row in rows] == [True]
-    assert "(created_at) WHERE" in rows[0]["definition"]
+    indexes = cast("list[tuple[bool, str]]", rows)
+    assert [valid for valid, _ in indexes] == [True]
+    assert "(created_at) WHERE" in indexes[0][1]

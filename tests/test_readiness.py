@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 from alembic import command
-from asgi_lifespan import LifespanManager
-from conftest import SERVICE_KEY, fresh_database, make_settings
+from conftest import SERVICE_KEY, fresh_database, make_settings, started_client
 from ops_support import asyncpg_dsn, fetch_value, run, running_server, server_log
 
 from app.api import ops
-from app.main import create_app
 from app.migrations import alembic_config, head_revision, upgrade_to_head
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/member_support"
-
-
-@contextlib.asynccontextmanager
-async def _client_for(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    application = create_app(make_settings(database_url))
-    async with (
-        LifespanManager(application),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=application), base_url="http://test"
-        ) as http,
-    ):
-        yield http
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +48,14 @@ async def test_healthz_answers_while_the_process_runs(client: httpx.AsyncClient)
 
 
 async def test_readyz_is_200_when_the_database_answers_at_head(database_url: str) -> None:
-    async with _client_for(database_url) as http:
+    async with started_client(make_settings(database_url)) as http:
         response = await http.get("/readyz")
     assert response.status_code == 200
     assert response.json() == {"status": "ready", "reason": "database reachable, schema at head"}
 
 
 async def test_readyz_is_503_when_the_database_is_unreachable() -> None:
-    async with _client_for(UNREACHABLE) as http:
+    async with started_client(make_settings(UNREACHABLE)) as http:
         response = await http.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "not ready", "reason": "database unreachable"}
@@ -79,7 +64,7 @@ async def test_readyz_is_503_when_the_database_is_unreachable() -> None:
 async def test_readyz_is_503_naming_both_revisions_when_the_schema_is_behind(
     behind_database: str,
 ) -> None:
-    async with _client_for(behind_database) as http:
+    async with started_client(make_settings(behind_database)) as http:
         response = await http.get("/readyz")
     assert response.status_code == 503
     reason = response.json()["reason"]
@@ -90,7 +75,7 @@ async def test_readyz_is_503_naming_both_revisions_when_the_schema_is_behind(
 async def test_readyz_is_503_when_the_database_was_never_migrated(
     unmigrated_database: str,
 ) -> None:
-    async with _client_for(unmigrated_database) as http:
+    async with started_client(make_settings(unmigrated_database)) as http:
         response = await http.get("/readyz")
     assert response.status_code == 503
     assert "not migrated" in response.json()["reason"]
@@ -109,7 +94,7 @@ async def test_a_storm_of_probes_costs_one_database_check(
         return await real_check(request)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ops, "_check", counted)
-    async with _client_for(database_url) as http:
+    async with started_client(make_settings(database_url)) as http:
         responses = await asyncio.gather(*(http.get("/readyz") for _ in range(50)))
         for _ in range(20):
             responses.append(await http.get("/readyz"))
@@ -130,7 +115,7 @@ async def test_readiness_is_checked_again_once_the_cached_answer_is_old(
 
     monkeypatch.setattr(ops, "_check", counted)
     monkeypatch.setattr(ops, "READINESS_CACHE_SECONDS", 0.05)
-    async with _client_for(database_url) as http:
+    async with started_client(make_settings(database_url)) as http:
         await http.get("/readyz")
         await asyncio.sleep(0.1)
         await http.get("/readyz")

@@ -10,11 +10,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
-from conftest import SERVICE_KEY, make_settings
+from conftest import SERVICE_KEY, make_settings, started_client
 
 from app.log import configure_logging
-from app.main import create_app
 
 ACCESS = "app.access"
 
@@ -79,13 +77,7 @@ async def test_log_lines_written_during_a_request_carry_its_request_id(
 ) -> None:
     # A database on a closed port: the request logs `database_unavailable` and answers 503.
     settings = make_settings("postgresql://postgres@127.0.0.1:1/member_support")
-    application = create_app(settings)
-    async with (
-        LifespanManager(application),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=application), base_url="http://test"
-        ) as http,
-    ):
+    async with started_client(settings) as http:
         response = await http.get(
             "/api/v1/sessions/some-session-0123456789", headers={"X-Request-ID": "trace-503"}
         )
