@@ -156,7 +156,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def database_error_response(request: Request, error: BaseException) -> JSONResponse:
-    """A database exception as the response the SPEC asks for."""
+    """A database exception as its HTTP response: 503 for an outage, 4xx for bad input."""
     if is_unavailable(error):
         return _unavailable(request, error)
     code = _sqlstate(error)

@@ -10,7 +10,8 @@ conversation, a pooled connection behind a transaction pooler) is handed to Fast
 which stays the one definition of the API, its validation and its OpenAPI document.
 
 Behind a transaction pooler this layer stands aside: there every statement must run in
-an explicit transaction (PITFALLS B.1.2), which the FastAPI path does.
+an explicit transaction (a pooler may hand consecutive autocommit statements to
+different server connections, so nothing may span them), which the FastAPI path does.
 """
 
 from __future__ import annotations

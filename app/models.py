@@ -1,4 +1,4 @@
-"""The four ORM tables of SPEC §1 and the notification outbox, typed with SQLAlchemy 2."""
+"""The ORM tables (users, conversations, messages, escalations, the outbox), SQLAlchemy 2."""
 
 from __future__ import annotations
 

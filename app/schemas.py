@@ -1,4 +1,4 @@
-"""Pydantic request and response models of SPEC §3."""
+"""Pydantic request and response models of the REST API."""
 
 from __future__ import annotations
 

@@ -113,7 +113,7 @@ def _split_csv(value: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    """Every knob of the service (SPEC §2)."""
+    """Every knob of the service (README: Configuration)."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
@@ -122,8 +122,10 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     database_migration_url: SecretStr | None = None
     db_pooler: PoolerMode = "auto"
-    db_pool_size: int = Field(default=10, ge=1, le=1000)
-    db_max_overflow: int = Field(default=10, ge=0, le=1000)
+    # The whole budget kept open: SQLAlchemy closes an overflow connection whenever it is
+    # returned to a full pool, so overflow under steady load is a reconnect per request.
+    db_pool_size: int = Field(default=20, ge=1, le=1000)
+    db_max_overflow: int = Field(default=0, ge=0, le=1000)
     db_pool_timeout_s: float = Field(default=5, gt=0, le=600)
     db_statement_timeout_ms: int = Field(default=5000, ge=0, le=3_600_000)
     db_pool_recycle_s: int = Field(default=1800, ge=-1)
@@ -241,7 +243,7 @@ class Settings(BaseSettings):
 
     @property
     def connection_budget(self) -> int:
-        """The most connections this deployment can open (SPEC §2)."""
+        """The most connections this deployment can open: workers * (pool size + overflow)."""
         return self.workers * (self.db_pool_size + self.db_max_overflow)
 
 

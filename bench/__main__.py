@@ -290,12 +290,6 @@ def run(arguments: argparse.Namespace) -> int:
             "DATABASE_URL": url,
             "LOG_LEVEL": "WARNING",
             "API_KEYS": API_KEY,
-            # The same 20-connection budget as the defaults (10 + 10 overflow), all of it
-            # kept open: at 32 connections the overflow half would otherwise be closed on
-            # every return and reopened on the next checkout (SQLAlchemy's QueuePool), a
-            # reconnect per request that the baseline's asyncpg pool (10-20) never pays.
-            "DB_POOL_SIZE": "20",
-            "DB_MAX_OVERFLOW": "0",
             **dict(item.split("=", 1) for item in arguments.service_env),
         }
         bin_dir = Path(sys.executable).parent

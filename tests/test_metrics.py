@@ -19,7 +19,7 @@ from app import cli
 from app.main import create_app
 from app.metrics import MULTIPROCESS_DIRECTORY_VARIABLE
 from app.migrations import upgrade_to_head
-from app.settings import Settings
+from app.settings import Settings, load_settings
 
 
 def _sample(text: str, name: str, **labels: str) -> float | None:
@@ -157,8 +157,9 @@ def test_metrics_add_up_across_workers(served_database: str, tmp_path: Path) -> 
     labels = {"route": "/healthz", "method": "GET", "status": "200"}
     # Whichever worker answers a scrape reports the whole server.
     assert {_sample(text, "http_requests_total", **labels) for text in scrapes} == {requests}
-    # Both workers' pools (10 each by default) are in the sum.
-    assert {_sample(text, "db_pool_size") for text in scrapes} == {20}
+    # Both workers' pools (the default size each) are in the sum.
+    default_pool = load_settings(_env_file=None).db_pool_size
+    assert {_sample(text, "db_pool_size") for text in scrapes} == {2 * default_pool}
 
 
 def test_serve_with_several_workers_makes_a_fresh_metrics_directory(

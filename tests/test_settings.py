@@ -154,3 +154,9 @@ def test_a_bad_setting_at_start_up_is_one_line_without_a_traceback() -> None:
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "error: DATABASE_URL: unsupported query parameter 'foo'"
+
+
+def test_the_default_pool_keeps_its_whole_budget_open_with_no_overflow() -> None:
+    # Overflow connections are closed on return: as a default they churn under steady load.
+    settings = load_settings(_env_file=None)
+    assert (settings.db_pool_size, settings.db_max_overflow) == (20, 0)

@@ -55,7 +55,7 @@ async def delete_user(session: AsyncSession, *, user_id: uuid.UUID) -> None:
 async def apply_contact(
     session: AsyncSession, *, conversation_id: uuid.UUID, changes: dict[str, str | None]
 ) -> None:
-    """Apply a member's contact details to the user behind a conversation (SPEC PATCH rules).
+    """Apply a member's contact details to the user behind a conversation (the PATCH contact rules).
 
     - An email another user already has moves the conversation to that user: their
       empty fields are filled from `changes`, nothing of theirs is overwritten, and the
