@@ -15,6 +15,8 @@ from ops_support import asyncpg_dsn, run
 
 from app.migrations import upgrade_to_head
 
+pytestmark = pytest.mark.slow
+
 
 def _major(binary: str) -> int:
     output = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout

@@ -17,10 +17,13 @@ from ops_support import asyncpg_dsn, fetch_value
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(
-    bool(os.environ.get("TEST_POOLER_URL")),
-    reason="the bench runs its service on a direct connection; the direct pass covers it",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        bool(os.environ.get("TEST_POOLER_URL")),
+        reason="the bench runs its service on a direct connection; the direct pass covers it",
+    ),
+]
 
 TARGETS = [
     "GET session: service/baseline req/s >= 0.6",

@@ -20,7 +20,7 @@ import pytest
 from conftest import make_settings, started_client
 from own_postgres import free_port
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 POOL_TIMEOUT_S = 2.0
 OUTAGE_SECONDS = 3.0

@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 
 from app.main import create_app
 
-pytestmark = pytest.mark.fuzz
+pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
 
 EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 CHECKS = [
