@@ -265,3 +265,12 @@ class ObserveRequests:
                     },
                 )
             request_id_var.reset(token)
+
+
+REDACTIONS = Counter(
+    "redactions_total",
+    "Card numbers and SSNs replaced before a write was stored, by kind.",
+    ["kind"],
+)
+for _kind in ("card", "ssn"):
+    REDACTIONS.labels(_kind)

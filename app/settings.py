@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from app.redact import ALL_KINDS, parse_kinds
+
 PoolerMode = Literal["auto", "transaction", "direct"]
 
 SUPABASE_POOLER_PORT = 6543
@@ -148,11 +150,23 @@ class Settings(BaseSettings):
     notify_timeout_s: float = Field(default=5, gt=0, le=60)
     notify_lease_s: float = Field(default=60, gt=0, le=3600)
     notify_worker: bool = False
+    # Card numbers and SSNs replaced before any message or escalation text is stored.
+    redact: Annotated[frozenset[str], NoDecode] = ALL_KINDS
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator("redact", mode="before")
+    @classmethod
+    def _redact_kinds(cls, value: Any) -> Any:
+        try:
+            return parse_kinds(value)
+        except ValueError:
+            raise ConfigError(
+                "REDACT: must be a comma list of card, ssn (default both), or none"
+            ) from None
 
     @field_validator("log_level", mode="before")
     @classmethod
