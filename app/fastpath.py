@@ -32,6 +32,7 @@ from app.errors import (
     is_unavailable,
     note_unavailable,
 )
+from app.redact import redact, report
 from app.repositories.conversations import GET_SESSION_STATEMENT
 from app.repositories.messages import APPEND_BY_SESSION, PAGE_STATEMENTS
 from app.schemas import SESSION_ID_PATTERN
@@ -102,10 +103,12 @@ class HotPaths:
         *,
         engine: Callable[[], AsyncEngine | None],
         message_max_chars: int,
+        redact_kinds: frozenset[str],
     ) -> None:
         self.app = app
         self.engine = engine
         self.message_max_chars = message_max_chars
+        self.redact_kinds = redact_kinds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -196,6 +199,10 @@ class HotPaths:
         except _HandOver:
             await self.app(scope, replay, send)
             return
+        # As messages.append does: what is stored is the redacted text. A replay is
+        # handed over below with the original body, and FastAPI redacts it the same way
+        # before comparing.
+        content, redactions = redact(content, self.redact_kinds)
 
         async def append(connection: Any) -> Any:
             return await connection.fetchrow(
@@ -216,6 +223,7 @@ class HotPaths:
             # (the replay reads the original; nothing was written here).
             await self.app(scope, replay, send)
             return
+        report(redactions, table="messages")
         await _respond(send, 201, _dumps(_message(row)))
 
     def _plain_message(self, scope: Scope, body: bytes, more: bool) -> tuple[str, str | None]:

@@ -235,7 +235,7 @@ async def test_paging_an_unknown_session_is_not_found(db: AsyncSession) -> None:
 
 async def test_the_transcript_keeps_the_last_messages_oldest_first(db: AsyncSession) -> None:
     conversation_id = await _history(db, 25)
-    transcript = await messages.recent_transcript(
+    transcript, _ = await messages.recent_transcript(
         db, conversation_id=conversation_id, messages=20, max_bytes=16384
     )
     lines = transcript.split("\n")
@@ -247,7 +247,7 @@ async def test_the_transcript_keeps_the_last_messages_oldest_first(db: AsyncSess
 async def test_a_long_transcript_loses_its_oldest_text_first(db: AsyncSession) -> None:
     session = await open_session(db)
     await add_messages(db, session.conversation_id, "é" * 5000, "newest words")
-    transcript = await messages.recent_transcript(
+    transcript, _ = await messages.recent_transcript(
         db, conversation_id=session.conversation_id, messages=20, max_bytes=101
     )
     assert len(transcript.encode()) <= 101

@@ -62,6 +62,7 @@ async def write_message(
         role=body.role,
         content=body.content,
         idempotency_key=idempotency_key,
+        redact_kinds=settings.redact,
     )
     if not created:
         response.status_code = status.HTTP_200_OK

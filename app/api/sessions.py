@@ -111,6 +111,7 @@ async def send_message(
         role="user",
         content=body.content,
         idempotency_key=idempotency_key,
+        redact_kinds=settings.redact,
     )
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -162,6 +163,7 @@ async def escalate(
         issue_type=body.issue_type,
         original_request=body.original_request,
         contact_info=contact,
+        redact_kinds=settings.redact,
     )
     if not created:
         response.status_code = status.HTTP_200_OK

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, NotFound
 from app.models import Conversation, Escalation
+from app.redact import ALL_KINDS, merge, redact, report
 from app.repositories import messages, notifications, paging, users
 
 CONTEXT_MESSAGES = 20
@@ -58,10 +59,13 @@ async def open_escalation(
     issue_type: str,
     original_request: str,
     contact_info: dict[str, Any] | None,
+    redact_kinds: frozenset[str] = ALL_KINDS,
 ) -> tuple[Escalation, bool]:
     """Escalate a conversation, or return its unresolved escalation of the same issue type.
 
-    Returns (escalation, created). The conversation becomes `escalated`.
+    Returns (escalation, created). The conversation becomes `escalated`. Card numbers and
+    SSNs (`redact_kinds`) are replaced in the request and the context before they are
+    stored, and so before any notification can carry them.
     """
     conversation = await _lock_conversation(session, session_id=session_id, conversation_id=None)
     existing = await session.scalar(
@@ -77,11 +81,13 @@ async def open_escalation(
         raise Conflict("The conversation is archived and cannot be escalated")
     contact = await users.known_contact(session, user_id=conversation.user_id)
     contact.update({key: value for key, value in (contact_info or {}).items() if value is not None})
-    context = await messages.recent_transcript(
+    original_request, request_redactions = redact(original_request, redact_kinds)
+    context, context_redactions = await messages.recent_transcript(
         session,
         conversation_id=conversation.id,
         messages=CONTEXT_MESSAGES,
         max_bytes=CONTEXT_MAX_BYTES,
+        redact_kinds=redact_kinds,
     )
     inserted = await session.scalar(
         insert(Escalation)
@@ -114,6 +120,7 @@ async def open_escalation(
         .where(Conversation.id == conversation.id, Conversation.status != "escalated")
         .values(status="escalated")
     )
+    report(merge(request_redactions, context_redactions), table="escalations")
     return inserted, True
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, NotFound, Unprocessable
 from app.models import Message
+from app.redact import ALL_KINDS, redact, report
 from app.repositories import Record
 
 MESSAGE_COLUMNS = "id, conversation_id, seq, role, content, created_at"
@@ -45,14 +46,18 @@ async def append(
     idempotency_key: str | None = None,
     session_id: str | None = None,
     conversation_id: uuid.UUID | None = None,
+    redact_kinds: frozenset[str] = ALL_KINDS,
 ) -> tuple[Record, bool]:
     """Append a message to a conversation (by session id or id); returns (message, created).
 
-    A repeated Idempotency-Key with the same role and content returns the original
-    message and stores nothing; with anything else it is Unprocessable.
+    Card numbers and SSNs (`redact_kinds`) are replaced first, so what is stored and what
+    a repeated Idempotency-Key is compared with are both the redacted text. A repeat
+    with the same role and content returns the original message and stores nothing;
+    with anything else it is Unprocessable.
     """
     if (session_id is None) == (conversation_id is None):
         raise ValueError("give exactly one of session_id, conversation_id")
+    content, redactions = redact(content, redact_kinds)
     statement = APPEND_BY_SESSION if session_id is not None else APPEND_BY_ID
     connection = await session.connection()
     key = session_id if session_id is not None else conversation_id
@@ -62,6 +67,7 @@ async def append(
     if row is None:
         raise NotFound("Session not found" if session_id is not None else "Conversation not found")
     if row.id is not None:
+        report(redactions, table="messages")
         return row, True
     if idempotency_key is not None:
         original = (
@@ -148,10 +154,19 @@ async def page(
 
 
 async def recent_transcript(
-    session: AsyncSession, *, conversation_id: uuid.UUID, messages: int, max_bytes: int
-) -> str:
+    session: AsyncSession,
+    *,
+    conversation_id: uuid.UUID,
+    messages: int,
+    max_bytes: int,
+    redact_kinds: frozenset[str] = ALL_KINDS,
+) -> tuple[str, dict[str, int]]:
     """The last `messages` messages as 'role: content' lines, oldest first, cut to
-    `max_bytes` of UTF-8 by dropping the oldest text first."""
+    `max_bytes` of UTF-8 by dropping the oldest text first; and its redaction counts.
+
+    Redacted before it is cut: a cut through a card number stored before redaction
+    began would leave a piece too short to be recognised.
+    """
     rows = (
         await session.execute(
             select(Message.role, Message.content)
@@ -161,8 +176,9 @@ async def recent_transcript(
         )
     ).all()
     transcript = "\n".join(f"{row.role}: {row.content}" for row in reversed(rows))
+    transcript, redactions = redact(transcript, redact_kinds)
     encoded = transcript.encode()
     if len(encoded) <= max_bytes:
-        return transcript
+        return transcript, redactions
     # Keep the newest bytes; a character split at the cut is dropped whole.
-    return encoded[-max_bytes:].decode("utf-8", errors="ignore")
+    return encoded[-max_bytes:].decode("utf-8", errors="ignore"), redactions
