@@ -1,4 +1,4 @@
-"""The `member-support` command: serve, migrate, stats, archive, purge, notify."""
+"""The `member-support` command: serve, migrate, stats, archive, purge, redact, notify."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from app.settings import ConfigError, Settings, load_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 BATCH_SIZE = 1000
+REDACT_BATCH_SIZE = 500
 
 
 MAX_WORKERS = 256
@@ -151,6 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
             "commits on its own, so no lock is held for long",
         )
 
+    redact = commands.add_parser(
+        "redact",
+        help="redact card numbers and SSNs in rows stored before redaction",
+        description="Rewrite stored message content and escalation text as the service "
+        "writes it now (REDACT): card numbers and SSNs replaced. Keyset batches by id, "
+        "each committed on its own, so it can be stopped at any time and run again; "
+        "rows without a match are never touched.",
+    )
+    redact.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    redact.add_argument(
+        "--batch",
+        "--batch-size",
+        dest="batch_size",
+        type=_at_least_one,
+        default=REDACT_BATCH_SIZE,
+        metavar="N",
+        help=f"rows per transaction (default {REDACT_BATCH_SIZE})",
+    )
+
     notify = commands.add_parser(
         "notify",
         help="deliver escalation notifications to NOTIFY_WEBHOOK_URL (long-running)",
@@ -176,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "stats": lambda s, a: _run_database_command(_stats, s, a),
         "archive": lambda s, a: _run_database_command(_archive, s, a),
         "purge": lambda s, a: _run_database_command(_purge, s, a),
+        "redact": lambda s, a: _run_database_command(
+            lambda maker, args: _redact(maker, args, s.redact), s, a
+        ),
         "notify": _notify,
     }
     handlers[arguments.command](settings, arguments)
@@ -398,6 +421,41 @@ async def _purge(sessionmaker: Any, arguments: argparse.Namespace) -> None:
             break
     verb = "would delete" if arguments.dry_run else "deleted"
     print(f"{verb} {total} archived conversation(s)")
+
+
+async def _redact(sessionmaker: Any, arguments: argparse.Namespace, kinds: frozenset[str]) -> None:
+    from app.redact import KINDS
+    from app.repositories import redaction
+
+    if not kinds:
+        print("REDACT=none: nothing to redact")
+        return
+    verb = "would change" if arguments.dry_run else "changed"
+    for table in redaction.TEXT_COLUMNS:
+        scanned = changed = 0
+        counts: dict[str, int] = {}
+        after = None
+        while True:
+            # One short transaction per batch: a killed run keeps what it committed, and
+            # running again finds nothing left in those rows.
+            async with sessionmaker() as session, session.begin():
+                batch = await redaction.redact_batch(
+                    session,
+                    table=table,
+                    after=after,
+                    batch_size=arguments.batch_size,
+                    kinds=kinds,
+                    dry_run=arguments.dry_run,
+                )
+            scanned += batch.scanned
+            changed += batch.changed
+            for kind, count in batch.counts.items():
+                counts[kind] = counts.get(kind, 0) + count
+            if batch.last_id is None or batch.scanned < arguments.batch_size:
+                break
+            after = batch.last_id
+        found = ", ".join(f"{kind} {counts.get(kind, 0)}" for kind in KINDS if kind in kinds)
+        print(f"{table}: {scanned} row(s) scanned, {verb} {changed}; {found}")
 
 
 if __name__ == "__main__":

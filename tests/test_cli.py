@@ -16,7 +16,7 @@ from ops_support import CLI, asyncpg_dsn, cli_environment, execute, fetch_value,
 from app import cli
 from app.migrations import head_revision, upgrade_to_head
 
-COMMANDS = ("serve", "migrate", "stats", "archive", "purge")
+COMMANDS = ("serve", "migrate", "stats", "archive", "purge", "redact")
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/member_support"
 
 
