@@ -295,6 +295,8 @@ def test_kinds_choose_what_is_redacted() -> None:
     only_ssns = ("card 4111111111111111 ssn [ssn redacted]", {"ssn": 1})
     assert redact(text, frozenset({"ssn"})) == only_ssns
     assert redact(text, NO_KINDS) == (text, {})
+    assert redact("4111 1111 1111 1111", frozenset({"ssn"})) == ("4111 1111 1111 1111", {})
+    assert redact("536 90 4399", frozenset({"card"})) == ("536 90 4399", {})
     assert redact(text, ALL_KINDS)[1] == {"card": 1, "ssn": 1}
 
 
