@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import re
-from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from itertools import accumulate
 
@@ -197,35 +196,40 @@ def _redact_grouped_cards(run: str, groups: list[str], counts: dict[str, int]) -
     odd_doubled[1::2] = doubled[1::2]
     even_doubled[1::2] = plain[1::2]
     luhn_sums = ([0, *accumulate(odd_doubled)], [0, *accumulate(even_doubled)])
+    # Where a span may end: the digit offset of each group boundary → the group after it.
+    boundaries = {offset: index for index, offset in enumerate(before)}
+    # Card lengths for a prefix, longest first; long runs repeat prefixes.
+    lengths_by_prefix: dict[str, tuple[int, ...]] = {}
     pieces: list[str] = []
     kept = 0
     first = 0
     while first < len(groups):
         start = before[first]
-        # The groups ending a span of 13 to 19 digits from `first`, longest first.
-        shortest = bisect_left(before, start + MIN_CARD_DIGITS) - 1
-        longest = bisect_right(before, start + MAX_CARD_DIGITS) - 2
-        best = -1
-        if shortest <= longest and digits[start] not in _NO_NETWORK_STARTS:
-            allowed = _network_lengths(digits[start : start + 6])
-            for last in range(longest, shortest - 1, -1):
-                end = before[last + 1]
+        after = 0  # the group after the longest card starting here, if any
+        if digits[start] not in _NO_NETWORK_STARTS:
+            prefix = digits[start : start + 6]
+            lengths = lengths_by_prefix.get(prefix)
+            if lengths is None:
+                lengths = tuple(sorted(_network_lengths(prefix), reverse=True))
+                lengths_by_prefix[prefix] = lengths
+            for length in lengths:
+                end = start + length
                 sums = luhn_sums[(end - 1) % 2]
                 if (
-                    end - start in allowed
+                    end in boundaries
                     and (sums[end] - sums[start]) % 10 == 0
                     and luhn.is_valid(digits[start:end])
                 ):
-                    best = last
+                    after = boundaries[end]
                     break
-        if best < 0:
+        if not after:
             first += 1
             continue
         pieces.append(run[kept : start + first])
-        pieces.append(_card_replacement(digits[start : before[best + 1]]))
-        kept = before[best + 1] + best
+        pieces.append(_card_replacement(digits[start : before[after]]))
+        kept = before[after] + after - 1
         counts[CARD] = counts.get(CARD, 0) + 1
-        first = best + 1
+        first = after
     if not pieces:
         return None
     pieces.append(run[kept:])
