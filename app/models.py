@@ -1,4 +1,4 @@
-"""The ORM tables (users, conversations, messages, escalations, the outbox), SQLAlchemy 2."""
+"""The ORM tables (users, conversations, messages, escalations, the outbox, staff)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     FetchedValue,
@@ -36,6 +37,7 @@ ESCALATION_STATUSES = ("pending", "notified", "in_progress", "resolved")
 MESSAGE_ROLES = ("user", "assistant")
 NOTIFICATION_TYPES = ("escalation.created", "escalation.status_changed")
 NOTIFICATION_STATUSES = ("pending", "delivered", "failed")
+STAFF_ROLES = ("agent", "admin")
 
 
 def _in_list(column: str, values: tuple[str, ...]) -> str:
@@ -201,3 +203,20 @@ class NotificationEvent(Base):
         # The staff list by status, oldest first, and /stats' oldest pending event.
         Index("ix_notification_events_status_created_at_id", "status", "created_at", "id"),
     )
+
+
+class Staff(Base):
+    """A person who works escalations; disabled, never deleted."""
+
+    __tablename__ = "staff"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    email: Mapped[str] = mapped_column(String(255), unique=True)
+    display_name: Mapped[str] = mapped_column(String(255))
+    password_hash: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(10), server_default="agent")
+    active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    created_at: Mapped[datetime | None] = _created_at()
+    updated_at: Mapped[datetime | None] = _updated_at()
+
+    __table_args__ = (CheckConstraint(_in_list("role", STAFF_ROLES), name="role"),)
