@@ -25,7 +25,8 @@ CONTACT_INFO_MAX_BYTES = 4096
 
 ConversationStatus = Literal["active", "escalated", "closed", "archived"]
 EscalationStatus = Literal["pending", "notified", "in_progress", "resolved"]
-Role = Literal["user", "assistant"]
+Role = Literal["user", "assistant", "staff"]
+AuditAction = Literal["status", "assignment", "staff_message"]
 NotificationStatus = Literal["pending", "delivered", "failed"]
 NotificationType = Literal["escalation.created", "escalation.status_changed"]
 
@@ -113,6 +114,17 @@ _ESCALATION_EXAMPLE: dict[str, Any] = {
     "original_request": "Please raise my limit",
     "contact_info": {"name": "Ada", "email": "ada@example.org", "preferred_channel": "phone"},
     "conversation_context": "user: How do I raise my card limit?\nassistant: I can connect you.",
+    "assignee_id": "0d1c4a52-9d3e-4a57-9c86-5a0d2c1f7e10",
+    "first_response_at": "2026-11-24T09:44:10.000000+00:00",
+    "resolved_at": None,
+}
+_AUDIT_EXAMPLE: dict[str, Any] = {
+    "escalation_id": "9d2e7b1a-3c4f-4a5b-8c6d-7e8f9a0b1c2d",
+    "actor": "key:console",
+    "action": "assignment",
+    "from": None,
+    "to": "0d1c4a52-9d3e-4a57-9c86-5a0d2c1f7e10",
+    "at": "2026-11-24T09:42:00.000000+00:00",
 }
 _CONVERSATION_EXAMPLE: dict[str, Any] = {
     "id": "4f1c2a9e-8b7d-4e3f-9a01-2b3c4d5e6f70",
@@ -195,7 +207,7 @@ class MessageCreate(ApiModel):
 
 
 class ServiceMessageCreate(ApiModel):
-    role: Role
+    role: Role = Field(description="`staff` needs an `X-Staff-Id` header naming an active account")
     content: NonBlankText
 
     model_config = ConfigDict(
@@ -214,6 +226,11 @@ class Message(ApiModel):
     role: Role
     content: str
     created_at: Timestamp
+    author_name: str | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="Only on `staff` messages: the staff member's display name",
+    )
 
 
 class MessagePage(ApiModel):
@@ -341,6 +358,9 @@ class Escalation(EscalationSummary):
     original_request: str
     contact_info: dict[str, Any] | None
     conversation_context: str | None
+    assignee_id: uuid.UUID | None
+    first_response_at: Timestamp | None
+    resolved_at: Timestamp | None
 
 
 class EscalationPage(ApiModel):
@@ -359,10 +379,48 @@ class EscalationPage(ApiModel):
     next_cursor: str | None
 
 
-class EscalationStatusUpdate(ApiModel):
-    status: EscalationStatus
+class EscalationUpdate(ApiModel):
+    """Any of `status` and `assignee_id` (`null` unassigns)."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "in_progress"}]})
+    status: EscalationStatus | None = None
+    assignee_id: uuid.UUID | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "in_progress"},
+                {"assignee_id": "0d1c4a52-9d3e-4a57-9c86-5a0d2c1f7e10"},
+                {"assignee_id": None},
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> EscalationUpdate:
+        if not self.model_fields_set:
+            raise ValueError("give status, assignee_id or both")
+        if "status" in self.model_fields_set and self.status is None:
+            raise ValueError("status cannot be null")
+        return self
+
+
+class AuditEntry(ApiModel):
+    """One change to an escalation: who, what, from, to, when."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_AUDIT_EXAMPLE]})
+
+    escalation_id: uuid.UUID
+    actor: str
+    action: AuditAction
+    from_value: str | None = Field(serialization_alias="from")
+    to_value: str | None = Field(serialization_alias="to")
+    at: Timestamp
+
+
+class AuditTrail(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_AUDIT_EXAMPLE]}]})
+
+    items: list[AuditEntry]
 
 
 class ConversationCounts(ApiModel):

@@ -59,6 +59,14 @@ async def require_service_key(
     request.scope["service_key_checked"] = True
 
 
+def request_actor(request: Request) -> str:
+    """Who is acting, for the audit trail: `key:<name of the service key>`."""
+    return f"key:{getattr(request.state, 'actor', 'service')}"
+
+
+ActorDep = Annotated[str, Depends(request_actor)]
+
+
 def session_id_path(
     session_id: Annotated[str, Path(description="The member's session id")],
 ) -> str:

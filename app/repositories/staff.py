@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, NotFound, Unprocessable
 from app.models import Staff
 
 
@@ -66,3 +67,11 @@ async def set_password_hash(session: AsyncSession, *, email: str, password_hash:
     )
     if changed is None:
         raise NotFound("No staff account with that email")
+
+
+async def require_active(session: AsyncSession, *, staff_id: uuid.UUID, field: str) -> Staff:
+    """The active account with this id; Unprocessable (naming `field`) otherwise."""
+    staff = await session.get(Staff, staff_id)
+    if staff is None or not staff.active:
+        raise Unprocessable(f"{field} must name an active staff account")
+    return staff
