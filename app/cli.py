@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     handlers: dict[str, Callable[[Settings, argparse.Namespace], None]] = {
         "serve": _serve,
         "migrate": _migrate,
-        "stats": lambda s, a: _run_database_command(_stats, s, a),
+        "stats": _stats_command,
         "archive": lambda s, a: _run_database_command(_archive, s, a),
         "purge": lambda s, a: _run_database_command(_purge, s, a),
         "notify": _notify,
@@ -404,11 +404,19 @@ def _run_database_command(
         _fail_for_database(error, f"{arguments.command} failed")
 
 
+def _stats_command(settings: Settings, arguments: argparse.Namespace) -> None:
+    arguments.sla_minutes = settings.sla_first_response_minutes
+    _run_database_command(_stats, settings, arguments)
+
+
 async def _stats(sessionmaker: Any, arguments: argparse.Namespace) -> None:
     from app.repositories import notifications, stats
 
     async with sessionmaker() as session, session.begin():
-        collected = (await stats.collect(session, since=arguments.since)).as_dict()
+        figures = await stats.collect(
+            session, since=arguments.since, sla_minutes=arguments.sla_minutes
+        )
+        collected = figures.as_dict()
         collected["notifications"] = await notifications.summary(session)
     since = arguments.since.isoformat() if arguments.since else "all time"
     print(f"since: {since}")

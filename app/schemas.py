@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -435,17 +436,34 @@ class MessageCounts(ApiModel):
     total: int
     user: int
     assistant: int
+    staff: int
+
+
+class ResponseTimes(ApiModel):
+    p50: float | None
+    p95: float | None
 
 
 class EscalationCounts(ApiModel):
     total: int
     by_status: dict[str, int]
     by_issue_type: dict[str, int]
+    first_response_seconds: ResponseTimes = Field(
+        description="Opened -> first staff message, over the window's answered escalations"
+    )
+    resolution_seconds: ResponseTimes = Field(
+        description="Opened -> resolved, over the window's resolved escalations"
+    )
+    oldest_open_seconds: float | None = Field(
+        description="Age of the oldest unresolved escalation now (not windowed)"
+    )
 
 
-class ResponseTimes(ApiModel):
-    p50: float | None
-    p95: float | None
+class SlaCounts(ApiModel):
+    first_response_minutes: int
+    breached: int = Field(
+        description="The window's escalations unanswered past the SLA, or answered later"
+    )
 
 
 class ApiCounts(ApiModel):
@@ -521,12 +539,16 @@ class Stats(ApiModel):
                         "closed": 15,
                         "archived": 3,
                     },
-                    "messages": {"total": 1480, "user": 760, "assistant": 720},
+                    "messages": {"total": 1480, "user": 760, "assistant": 700, "staff": 20},
                     "escalations": {
                         "total": 14,
                         "by_status": {"pending": 4, "notified": 2, "in_progress": 3, "resolved": 5},
                         "by_issue_type": {"card": 6, "loan": 5, "fraud": 3},
+                        "first_response_seconds": {"p50": 240.0, "p95": 1320.0},
+                        "resolution_seconds": {"p50": 3600.0, "p95": 14400.0},
+                        "oldest_open_seconds": 1800.0,
                     },
+                    "sla": {"first_response_minutes": 15, "breached": 2},
                     "escalation_rate": 0.1083,
                     "response_time_seconds": {"p50": 1.8, "p95": 6.4},
                     "api": {"requests": 5210, "errors_5xx": 0, "error_rate": 0.0},
@@ -547,8 +569,44 @@ class Stats(ApiModel):
     escalations: EscalationCounts
     escalation_rate: float
     response_time_seconds: ResponseTimes
+    sla: SlaCounts
     api: ApiCounts
     notifications: NotificationCounts
+
+
+class DailyMessageCounts(ApiModel):
+    user: int
+    assistant: int
+    staff: int
+
+
+_DAY_EXAMPLE: dict[str, Any] = {
+    "date": "2026-11-23",
+    "conversations": 41,
+    "messages": {"user": 260, "assistant": 240, "staff": 6},
+    "escalations": 5,
+    "escalation_rate": 0.0976,
+    "response_time_seconds": {"p50": 1.7, "p95": 6.1},
+}
+
+
+class DailyStats(ApiModel):
+    """One UTC day: what was created that day; response times of that day's questions."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_DAY_EXAMPLE]})
+
+    date: dt.date
+    conversations: int
+    messages: DailyMessageCounts
+    escalations: int
+    escalation_rate: float = Field(description="Share of the day's conversations ever escalated")
+    response_time_seconds: ResponseTimes
+
+
+class DailyStatsList(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_DAY_EXAMPLE]}]})
+
+    items: list[DailyStats] = Field(description="One row per UTC day, oldest first, today last")
 
 
 class ErrorBody(BaseModel):

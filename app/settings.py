@@ -156,6 +156,7 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     message_max_chars: int = Field(default=8000, ge=1, le=1_000_000)
+    sla_first_response_minutes: int = Field(default=15, ge=1, le=10_080)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "console"] = "console"
     workers: int = Field(default=1, ge=1, le=256)
