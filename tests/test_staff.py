@@ -29,7 +29,7 @@ def staff_database(server_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def database(staff_database: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    run(execute(staff_database, "TRUNCATE staff"))
+    run(execute(staff_database, "TRUNCATE staff CASCADE"))
     monkeypatch.setenv("DATABASE_URL", staff_database)
     yield staff_database
 
@@ -232,7 +232,7 @@ async def test_the_staff_table_refuses_an_unknown_role_and_keeps_updated_at(
 ) -> None:
     run_sql = await asyncpg.connect(asyncpg_dsn(staff_database))
     try:
-        await run_sql.execute("TRUNCATE staff")
+        await run_sql.execute("TRUNCATE staff CASCADE")
         with pytest.raises(asyncpg.CheckViolationError):
             await run_sql.execute(
                 "INSERT INTO staff (email, display_name, password_hash, role) "
