@@ -74,8 +74,13 @@ async def test_days_are_utc_days_across_midnight_and_a_dst_change(
 ) -> None:
     await _seed(connection)
     await connection.execute(text(f"SET LOCAL TIME ZONE '{zone}'"))
-    rows = await stats.daily(db, days=3, today=date(2026, 3, 9))
+    rows = await stats.DailyCache().daily(db, days=3, today=date(2026, 3, 9))
     assert rows == EXPECTED
+    assert await stats.days_between(db, first=date(2026, 3, 7), last=date(2026, 3, 9)) == EXPECTED
+    # A range that ends on a day: what comes later (the answer after midnight, the next
+    # day's escalation) still counts for the day it belongs to.
+    [evening] = await stats.days_between(db, first=date(2026, 3, 7), last=date(2026, 3, 7))
+    assert evening == EXPECTED[0]
 
 
 async def test_the_route_answers_the_last_days_up_to_today(
@@ -104,3 +109,37 @@ async def test_days_outside_1_to_90_are_422(
 
 async def test_daily_stats_need_a_service_key(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/v1/stats/daily")).status_code == 401
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_closed_days_are_cached_for_the_ttl_and_today_is_always_live(
+    connection: AsyncConnection, db: AsyncSession
+) -> None:
+    await _seed(connection)
+    clock = _Clock()
+    cache = stats.DailyCache(ttl_s=300, clock=clock)
+    today = date(2026, 3, 9)
+    assert await cache.daily(db, days=3, today=today) == EXPECTED
+    # A late write to a closed day and a new one today.
+    await connection.execute(
+        text(
+            "INSERT INTO messages (conversation_id, role, content, created_at) VALUES "
+            f"('{DST_DAY}', 'staff', 'late', '2026-03-08T07:00:00Z'), "
+            f"('{DST_DAY}', 'staff', 'now', '2026-03-09T13:00:00Z')"
+        )
+    )
+    clock.now += 299
+    rows = await cache.daily(db, days=3, today=today)
+    assert rows[1]["messages"]["staff"] == 0  # the closed day, from the cache
+    assert rows[2]["messages"]["staff"] == 2  # today, live
+    clock.now += 1
+    rows = await cache.daily(db, days=3, today=today)
+    assert rows[1]["messages"]["staff"] == 1  # past the TTL: recomputed
+    assert [row["date"] for row in await cache.daily(db, days=1, today=today)] == [today]

@@ -48,10 +48,13 @@ async def read_stats(request: Request, db: SessionDep, since: datetime | None = 
 
 @router.get("/stats/daily", summary="Key metrics per UTC day")
 async def read_daily_stats(
+    request: Request,
     db: SessionDep,
     days: Annotated[int, Query(ge=1, le=90, description="How many days, ending today (UTC)")] = 30,
 ) -> DailyStatsList:
     """Conversations, messages by role, escalations, escalation rate and response times
-    for each of the last `days` UTC days, oldest first; quiet days are rows of zeros."""
-    rows = await stats.daily(db, days=days, today=datetime.now(UTC).date())
+    for each of the last `days` UTC days, oldest first; quiet days are rows of zeros.
+    Today's row is live; the closed days are recomputed at most every 5 minutes."""
+    cache: stats.DailyCache = request.app.state.daily_stats
+    rows = await cache.daily(db, days=days, today=datetime.now(UTC).date())
     return DailyStatsList.model_validate({"items": rows})

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from time import monotonic
 from typing import Any
 
 from sqlalchemy import text
@@ -150,18 +151,26 @@ _WINDOWED = _variant(True)
 _ALL_TIME = _variant(False)
 
 
-# /stats/daily: the same figures per UTC day since :since (a day boundary), one query
-# per table, each an indexed created_at range grouped by day. The escalation rate of a
-# day is the share of that day's new conversations that were ever escalated.
+# /stats/daily: the figures per UTC day of what was created in [:since, :until), day
+# boundaries both, one query per figure, each an indexed created_at range grouped by day.
+# What happens later still counts for the day it belongs to: a conversation escalated
+# the next day makes its own day's escalation rate, an answer after midnight its
+# question's day's response time (the escalation and reply sides have no upper bound).
 _DAILY = {
     "conversations": text(
         """
+        SELECT date_trunc('day', created_at AT TIME ZONE 'UTC') AS day, count(*) AS n
+        FROM conversations WHERE created_at >= :since AND created_at < :until GROUP BY 1
+        """
+    ),
+    # From the escalations (few) to their conversations, as /stats does.
+    "escalated": text(
+        """
         SELECT date_trunc('day', c.created_at AT TIME ZONE 'UTC') AS day,
-               count(*) AS conversations,
-               count(*) FILTER (WHERE EXISTS (
-                   SELECT FROM escalations AS e WHERE e.conversation_id = c.id
-               )) AS escalated
-        FROM conversations AS c WHERE c.created_at >= :since GROUP BY 1
+               count(DISTINCT e.conversation_id) AS n
+        FROM escalations AS e JOIN conversations AS c ON c.id = e.conversation_id
+        WHERE e.created_at >= :since AND c.created_at >= :since AND c.created_at < :until
+        GROUP BY 1
         """
     ),
     "messages": text(
@@ -170,19 +179,19 @@ _DAILY = {
                count(*) FILTER (WHERE role = 'user') AS user_messages,
                count(*) FILTER (WHERE role = 'assistant') AS assistant_messages,
                count(*) FILTER (WHERE role = 'staff') AS staff_messages
-        FROM messages WHERE created_at >= :since GROUP BY 1
+        FROM messages WHERE created_at >= :since AND created_at < :until GROUP BY 1
         """
     ),
     "escalations": text(
         """
-        SELECT date_trunc('day', created_at AT TIME ZONE 'UTC') AS day, count(*) AS escalations
-        FROM escalations WHERE created_at >= :since GROUP BY 1
+        SELECT date_trunc('day', created_at AT TIME ZONE 'UTC') AS day, count(*) AS n
+        FROM escalations WHERE created_at >= :since AND created_at < :until GROUP BY 1
         """
     ),
     "response_times": text(
         _RESPONSE_TIMES.format(
             window="created_at >= :since",
-            asked_window="asked.created_at >= :since",
+            asked_window="asked.created_at >= :since AND asked.created_at < :until",
             day="date_trunc('day', waits.asked_at AT TIME ZONE 'UTC') AS day,",
             group_by="GROUP BY 1",
         )
@@ -289,43 +298,76 @@ async def collect(
     )
 
 
-async def daily(session: AsyncSession, *, days: int, today: date) -> list[dict[str, Any]]:
-    """One row per UTC day, the `days` days ending with `today`, oldest first; days
-    without activity are rows of zeros (and null response times)."""
-    first = today - timedelta(days=days - 1)
-    since = datetime.combine(first, time(), tzinfo=UTC)
-    rows: dict[date, dict[str, Any]] = {
-        first + timedelta(days=offset): {
-            "date": first + timedelta(days=offset),
-            "conversations": 0,
-            "messages": {"user": 0, "assistant": 0, "staff": 0},
-            "escalations": 0,
-            "escalation_rate": 0.0,
-            "response_time_seconds": {"p50": None, "p95": None},
-        }
-        for offset in range(days)
+def _empty_day(day: date) -> dict[str, Any]:
+    return {
+        "date": day,
+        "conversations": 0,
+        "messages": {"user": 0, "assistant": 0, "staff": 0},
+        "escalations": 0,
+        "escalation_rate": 0.0,
+        "response_time_seconds": {"p50": None, "p95": None},
+    }
+
+
+async def days_between(session: AsyncSession, *, first: date, last: date) -> list[dict[str, Any]]:
+    """One row per UTC day from `first` to `last` inclusive, oldest first; days without
+    activity are rows of zeros (and null response times)."""
+    rows = {
+        first + timedelta(days=offset): _empty_day(first + timedelta(days=offset))
+        for offset in range((last - first).days + 1)
+    }
+    parameters = {
+        "since": datetime.combine(first, time(), tzinfo=UTC),
+        "until": datetime.combine(last + timedelta(days=1), time(), tzinfo=UTC),
     }
     await session.execute(_TUNING)
-    parameters = {"since": since}
-
-    def row_of(day: datetime) -> dict[str, Any] | None:
-        return rows.get(day.date())
-
-    for record in await session.execute(_DAILY["conversations"], parameters):
-        if (row := row_of(record.day)) is not None:
-            row["conversations"] = record.conversations
-            row["escalation_rate"] = record.escalated / record.conversations
-    for record in await session.execute(_DAILY["messages"], parameters):
-        if (row := row_of(record.day)) is not None:
-            row["messages"] = {
-                "user": record.user_messages,
-                "assistant": record.assistant_messages,
-                "staff": record.staff_messages,
-            }
-    for record in await session.execute(_DAILY["escalations"], parameters):
-        if (row := row_of(record.day)) is not None:
-            row["escalations"] = record.escalations
-    for record in await session.execute(_DAILY["response_times"], parameters):
-        if (row := row_of(record.day)) is not None:
-            row["response_time_seconds"] = {"p50": record.p50, "p95": record.p95}
+    results = {name: await session.execute(query, parameters) for name, query in _DAILY.items()}
+    for record in results["conversations"]:
+        rows[record.day.date()]["conversations"] = record.n
+    for record in results["escalated"]:
+        row = rows[record.day.date()]
+        row["escalation_rate"] = record.n / row["conversations"] if row["conversations"] else 0.0
+    for record in results["messages"]:
+        rows[record.day.date()]["messages"] = {
+            "user": record.user_messages,
+            "assistant": record.assistant_messages,
+            "staff": record.staff_messages,
+        }
+    for record in results["escalations"]:
+        rows[record.day.date()]["escalations"] = record.n
+    for record in results["response_times"]:
+        rows[record.day.date()]["response_time_seconds"] = {"p50": record.p50, "p95": record.p95}
     return list(rows.values())
+
+
+@dataclass
+class DailyCache:
+    """Past days' rows, kept `ttl_s` seconds per process; today's row is always live.
+
+    A past day barely moves (a late answer or escalation of one of its conversations),
+    and computing thirty of them reads a month of messages; the dashboard asks every
+    few seconds. So the closed days are computed at most once per `ttl_s` and today is
+    read fresh on each call.
+    """
+
+    ttl_s: float = 300.0
+    clock: Any = field(default=monotonic)
+    _entries: dict[tuple[date, date], tuple[float, list[dict[str, Any]]]] = field(
+        default_factory=dict
+    )
+
+    async def daily(self, session: AsyncSession, *, days: int, today: date) -> list[dict[str, Any]]:
+        """The `days` UTC days ending with `today`, oldest first."""
+        today_row = await days_between(session, first=today, last=today)
+        if days == 1:
+            return today_row
+        key = (today - timedelta(days=days - 1), today - timedelta(days=1))
+        cached = self._entries.get(key)
+        now = self.clock()
+        if cached is None or now - cached[0] >= self.ttl_s:
+            past = await days_between(session, first=key[0], last=key[1])
+            # Yesterday's keys go stale at midnight: keep only what today can still ask.
+            self._entries = {k: v for k, v in self._entries.items() if k[1] == key[1]}
+            self._entries[key] = (now, past)
+            cached = self._entries[key]
+        return [*cached[1], *today_row]
