@@ -1,4 +1,4 @@
-"""The `member-support` command: serve, migrate, stats, archive, purge, redact, notify."""
+"""The `member-support` command: serve, migrate, stats, archive, purge, redact, notify, staff."""
 
 from __future__ import annotations
 
@@ -32,7 +32,15 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line usage error (exit 2) instead of the usage block."""
 
+    def __init__(self, *arguments: Any, **options: Any) -> None:
+        # No abbreviations: `--password SECRET` must not pass for `--password-stdin`.
+        options.setdefault("allow_abbrev", False)
+        super().__init__(*arguments, **options)
+
     def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments"):
+            # Never echoed: a password typed on the command line would land in logs.
+            message = "unrecognized arguments (not shown; a password is never an argument)"
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
@@ -180,7 +188,62 @@ def build_parser() -> argparse.ArgumentParser:
     notify.add_argument(
         "--metrics-port", type=_port, help="serve Prometheus metrics on 127.0.0.1:PORT"
     )
+
+    staff = commands.add_parser(
+        "staff",
+        help="manage staff accounts (add, list, disable, set-password)",
+        description="Staff accounts for the escalation workflow. A password is asked for at "
+        "the terminal (twice) or read from the first line of standard input with "
+        "--password-stdin; it is never accepted as an argument.",
+    )
+    staff_commands = staff.add_subparsers(dest="staff_command", required=True, metavar="action")
+    staff_add = staff_commands.add_parser(
+        "add", help="create an account", description="Create a staff account (role agent)."
+    )
+    staff_add.add_argument("email", type=_staff_email, help="the staff member's email")
+    staff_add.add_argument(
+        "--name", type=_display_name, required=True, help="display name members see"
+    )
+    staff_add.add_argument("--admin", action="store_true", help="role admin instead of agent")
+    staff_password = staff_commands.add_parser(
+        "set-password",
+        help="change an account's password",
+        description="Replace a staff account's password.",
+    )
+    staff_password.add_argument("email", type=_staff_email, help="the account's email")
+    for command in (staff_add, staff_password):
+        command.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password from the first line of standard input",
+        )
+    staff_commands.add_parser(
+        "list", help="list accounts", description="List staff accounts, active first."
+    )
+    staff_disable = staff_commands.add_parser(
+        "disable",
+        help="disable an account",
+        description="Disable a staff account (kept for the audit trail; it can no longer "
+        "log in or be assigned).",
+    )
+    staff_disable.add_argument("email", type=_staff_email, help="the account's email")
     return parser
+
+
+def _staff_email(text: str) -> str:
+    from app.staff import InvalidStaffInput, normalise_email
+
+    try:
+        return normalise_email(text)
+    except InvalidStaffInput as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _display_name(text: str) -> str:
+    name = text.strip()
+    if not 1 <= len(name) <= 255:
+        raise argparse.ArgumentTypeError("the name must be 1 to 255 characters")
+    return name
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -193,13 +256,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     handlers: dict[str, Callable[[Settings, argparse.Namespace], None]] = {
         "serve": _serve,
         "migrate": _migrate,
-        "stats": lambda s, a: _run_database_command(_stats, s, a),
+        "stats": _stats_command,
         "archive": lambda s, a: _run_database_command(_archive, s, a),
         "purge": lambda s, a: _run_database_command(_purge, s, a),
         "redact": lambda s, a: _run_database_command(
             lambda maker, args: _redact(maker, args, s.redact), s, a
         ),
         "notify": _notify,
+        "staff": _staff,
     }
     handlers[arguments.command](settings, arguments)
 
@@ -363,11 +427,19 @@ def _run_database_command(
         _fail_for_database(error, f"{arguments.command} failed")
 
 
+def _stats_command(settings: Settings, arguments: argparse.Namespace) -> None:
+    arguments.sla_minutes = settings.sla_first_response_minutes
+    _run_database_command(_stats, settings, arguments)
+
+
 async def _stats(sessionmaker: Any, arguments: argparse.Namespace) -> None:
     from app.repositories import notifications, stats
 
     async with sessionmaker() as session, session.begin():
-        collected = (await stats.collect(session, since=arguments.since)).as_dict()
+        figures = await stats.collect(
+            session, since=arguments.since, sla_minutes=arguments.sla_minutes
+        )
+        collected = figures.as_dict()
         collected["notifications"] = await notifications.summary(session)
     since = arguments.since.isoformat() if arguments.since else "all time"
     print(f"since: {since}")
@@ -456,6 +528,70 @@ async def _redact(sessionmaker: Any, arguments: argparse.Namespace, kinds: froze
             after = batch.last_id
         found = ", ".join(f"{kind} {counts.get(kind, 0)}" for kind in KINDS if kind in kinds)
         print(f"{table}: {scanned} row(s) scanned, {verb} {changed}; {found}")
+
+
+def _read_password(from_stdin: bool) -> str:
+    """The new password, from stdin's first line or asked twice at the terminal."""
+    import getpass
+
+    from app.staff import InvalidStaffInput, check_password
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif not sys.stdin.isatty():
+        _fail("no terminal to ask for the password; pipe it in with --password-stdin", EXIT_USAGE)
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != password:
+            _fail("the two passwords differ", EXIT_USAGE)
+    try:
+        return check_password(password)
+    except InvalidStaffInput as error:
+        _fail(str(error), EXIT_USAGE)
+
+
+def _staff(settings: Settings, arguments: argparse.Namespace) -> None:
+    if arguments.staff_command in {"add", "set-password"}:
+        # Asked before any connection is made, so a typo costs no database round trip.
+        arguments.password = _read_password(arguments.password_stdin)
+    _run_database_command(_staff_action, settings, arguments)
+
+
+async def _staff_action(sessionmaker: Any, arguments: argparse.Namespace) -> None:
+    from app.errors import DomainError
+    from app.repositories import staff
+    from app.staff import hash_password
+
+    action = arguments.staff_command
+    try:
+        async with sessionmaker() as session, session.begin():
+            if action == "add":
+                account = await staff.add(
+                    session,
+                    email=arguments.email,
+                    display_name=arguments.name,
+                    password_hash=hash_password(arguments.password),
+                    role="admin" if arguments.admin else "agent",
+                )
+                print(f"added {account.role} {account.email} ({account.id})")
+            elif action == "set-password":
+                await staff.set_password_hash(
+                    session, email=arguments.email, password_hash=hash_password(arguments.password)
+                )
+                print(f"password changed for {arguments.email}")
+            elif action == "disable":
+                changed = await staff.disable(session, email=arguments.email)
+                print(f"{'disabled' if changed else 'already disabled:'} {arguments.email}")
+            else:
+                accounts = await staff.list_all(session)
+                print(f"{'email':<40} {'name':<30} {'role':<6} active  id")
+                for account in accounts:
+                    print(
+                        f"{account.email:<40} {account.display_name:<30} {account.role:<6} "
+                        f"{'yes' if account.active else 'no ':<7} {account.id}"
+                    )
+    except DomainError as error:
+        _fail(error.detail)
 
 
 if __name__ == "__main__":

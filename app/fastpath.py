@@ -58,7 +58,7 @@ class _HandOver(Exception):
 
 
 def _message(row: Any) -> dict[str, Any]:
-    return {
+    message = {
         "id": row["id"],
         "conversation_id": row["conversation_id"],
         "seq": row["seq"],
@@ -66,6 +66,9 @@ def _message(row: Any) -> dict[str, Any]:
         "content": row["content"],
         "created_at": row["created_at"],
     }
+    if row["author_name"] is not None:  # staff messages only, as schemas.Message
+        message["author_name"] = row["author_name"]
+    return message
 
 
 def _page_arguments(query: bytes) -> tuple[str, int, int | None]:
@@ -206,7 +209,7 @@ class HotPaths:
 
         async def append(connection: Any) -> Any:
             return await connection.fetchrow(
-                APPEND_BY_SESSION, session_id, "user", content, idempotency_key
+                APPEND_BY_SESSION, session_id, "user", content, idempotency_key, None
             )
 
         try:

@@ -12,6 +12,9 @@ from typing import Any
 # The id of the HTTP request being handled (set by app.metrics.ObserveRequests), added
 # to every log line written while it runs.
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+# The name of the service key a request authenticated with (API_KEYS `name:key`); never
+# the key. Set by the service-key check, added to the lines logged after it.
+actor_var: ContextVar[str | None] = ContextVar("actor", default=None)
 
 # Attributes every LogRecord has; anything else was passed in `extra=` and is logged.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
@@ -26,6 +29,9 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     request_id = request_id_var.get()
     if request_id is not None:
         extras.setdefault("request_id", request_id)
+    actor = actor_var.get()
+    if actor is not None:
+        extras.setdefault("actor", actor)
     return extras
 
 

@@ -18,6 +18,7 @@ from app.errors import install_error_handlers
 from app.fastpath import HotPaths
 from app.metrics import ApiCounters, ObserveRequests, RouteTemplates, forget_pool, observe_pool
 from app.notify import BackgroundNotifier
+from app.repositories.stats import DailyCache
 from app.settings import Settings, load_settings
 
 log = logging.getLogger("app")
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.api_keys = settings.api_key_values
     app.state.api_counters = ApiCounters()
+    app.state.daily_stats = DailyCache()  # /stats/daily: closed days kept 5 minutes
     # Full route templates (/api/v1/sessions/{session_id}), for metrics, request logs
     # and the outage log alike.
     app.state.route_templates = RouteTemplates()

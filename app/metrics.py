@@ -35,7 +35,7 @@ try:
 except ImportError:  # FastAPI before 0.16x flattened included routes: their path is full
     iter_route_contexts = None  # type: ignore[assignment]
 
-from app.log import request_id_var
+from app.log import actor_var, request_id_var
 
 # prometheus_client itself reads this variable when it is imported and decides then
 # where values go, so /metrics must follow the very same variable (not Settings).
@@ -223,6 +223,7 @@ class ObserveRequests:
         self.counters.requests += 1
         request_id = _request_id(scope)
         token = request_id_var.set(request_id.decode())
+        actor_token = actor_var.set(None)  # set by the service-key check, if it runs
         status = 500
 
         async def observing_send(message: Message) -> None:
@@ -253,18 +254,19 @@ class ObserveRequests:
             series[1].observe(elapsed)
             level = logging.INFO if status < 500 else logging.WARNING
             if access_log.isEnabledFor(level):
-                access_log.log(
-                    level,
-                    "request",
-                    extra={
-                        "request_id": request_id_var.get(),
-                        "method": method,
-                        "route": route,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 2),
-                    },
-                )
+                extra = {
+                    "request_id": request_id_var.get(),
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                }
+                actor = actor_var.get()
+                if actor is not None:
+                    extra["actor"] = actor
+                access_log.log(level, "request", extra=extra)
             request_id_var.reset(token)
+            actor_var.reset(actor_token)
 
 
 REDACTIONS = Counter(

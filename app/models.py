@@ -1,4 +1,4 @@
-"""The ORM tables (users, conversations, messages, escalations, the outbox), SQLAlchemy 2."""
+"""The ORM tables (users, conversations, messages, escalations, the outbox, staff)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     FetchedValue,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -33,9 +35,11 @@ NAMING_CONVENTION = {
 
 CONVERSATION_STATUSES = ("active", "escalated", "closed", "archived")
 ESCALATION_STATUSES = ("pending", "notified", "in_progress", "resolved")
-MESSAGE_ROLES = ("user", "assistant")
+MESSAGE_ROLES = ("user", "assistant", "staff")
+AUDIT_ACTIONS = ("status", "assignment", "staff_message")
 NOTIFICATION_TYPES = ("escalation.created", "escalation.status_changed")
 NOTIFICATION_STATUSES = ("pending", "delivered", "failed")
+STAFF_ROLES = ("agent", "admin")
 
 
 def _in_list(column: str, values: tuple[str, ...]) -> str:
@@ -110,6 +114,8 @@ class Message(Base):
     # Assigned by a BEFORE INSERT trigger: per-conversation, gapless, in commit order.
     seq: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue())
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # The staff member who wrote a `staff` message.
+    author_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), ForeignKey("staff.id"))
 
     __table_args__ = (
         CheckConstraint(_in_list("role", MESSAGE_ROLES), name="role"),
@@ -146,9 +152,19 @@ class Escalation(Base):
     conversation_context: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime | None] = _created_at()
     updated_at: Mapped[datetime | None] = _updated_at()
+    assignee_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("staff.id")
+    )
+    first_response_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         CheckConstraint(_in_list("status", ESCALATION_STATUSES), name="status"),
+        Index(
+            "ix_escalations_assignee_id",
+            "assignee_id",
+            postgresql_where=text("assignee_id IS NOT NULL"),
+        ),
         # The member's list and the foreign key's cascade.
         Index("ix_escalations_conversation_id_created_at", "conversation_id", "created_at"),
         # At most one unresolved escalation per issue type and conversation.
@@ -200,4 +216,42 @@ class NotificationEvent(Base):
         ),
         # The staff list by status, oldest first, and /stats' oldest pending event.
         Index("ix_notification_events_status_created_at_id", "status", "created_at", "id"),
+    )
+
+
+class Staff(Base):
+    """A person who works escalations; disabled, never deleted."""
+
+    __tablename__ = "staff"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    email: Mapped[str] = mapped_column(String(255), unique=True)
+    display_name: Mapped[str] = mapped_column(String(255))
+    password_hash: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(10), server_default="agent")
+    active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    created_at: Mapped[datetime | None] = _created_at()
+    updated_at: Mapped[datetime | None] = _updated_at()
+
+    __table_args__ = (CheckConstraint(_in_list("role", STAFF_ROLES), name="role"),)
+
+
+class EscalationAudit(Base):
+    """Who did what to an escalation; written in the transaction that did it."""
+
+    __tablename__ = "escalation_audit"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    escalation_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("escalations.id", ondelete="CASCADE")
+    )
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(20))
+    from_value: Mapped[str | None] = mapped_column(Text)
+    to_value: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))
+
+    __table_args__ = (
+        CheckConstraint(_in_list("action", AUDIT_ACTIONS), name="action"),
+        Index("ix_escalation_audit_escalation_id_id", "escalation_id", "id"),
     )

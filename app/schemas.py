@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -25,7 +26,8 @@ CONTACT_INFO_MAX_BYTES = 4096
 
 ConversationStatus = Literal["active", "escalated", "closed", "archived"]
 EscalationStatus = Literal["pending", "notified", "in_progress", "resolved"]
-Role = Literal["user", "assistant"]
+Role = Literal["user", "assistant", "staff"]
+AuditAction = Literal["status", "assignment", "staff_message"]
 NotificationStatus = Literal["pending", "delivered", "failed"]
 NotificationType = Literal["escalation.created", "escalation.status_changed"]
 
@@ -113,6 +115,17 @@ _ESCALATION_EXAMPLE: dict[str, Any] = {
     "original_request": "Please raise my limit",
     "contact_info": {"name": "Ada", "email": "ada@example.org", "preferred_channel": "phone"},
     "conversation_context": "user: How do I raise my card limit?\nassistant: I can connect you.",
+    "assignee_id": "0d1c4a52-9d3e-4a57-9c86-5a0d2c1f7e10",
+    "first_response_at": "2026-11-24T09:44:10.000000+00:00",
+    "resolved_at": None,
+}
+_AUDIT_EXAMPLE: dict[str, Any] = {
+    "escalation_id": "9d2e7b1a-3c4f-4a5b-8c6d-7e8f9a0b1c2d",
+    "actor": "key:console",
+    "action": "assignment",
+    "from": None,
+    "to": "0d1c4a52-9d3e-4a57-9c86-5a0d2c1f7e10",
+    "at": "2026-11-24T09:42:00.000000+00:00",
 }
 _CONVERSATION_EXAMPLE: dict[str, Any] = {
     "id": "4f1c2a9e-8b7d-4e3f-9a01-2b3c4d5e6f70",
@@ -195,7 +208,7 @@ class MessageCreate(ApiModel):
 
 
 class ServiceMessageCreate(ApiModel):
-    role: Role
+    role: Role = Field(description="`staff` needs an `X-Staff-Id` header naming an active account")
     content: NonBlankText
 
     model_config = ConfigDict(
@@ -214,6 +227,11 @@ class Message(ApiModel):
     role: Role
     content: str
     created_at: Timestamp
+    author_name: str | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="Only on `staff` messages: the staff member's display name",
+    )
 
 
 class MessagePage(ApiModel):
@@ -341,6 +359,9 @@ class Escalation(EscalationSummary):
     original_request: str
     contact_info: dict[str, Any] | None
     conversation_context: str | None
+    assignee_id: uuid.UUID | None
+    first_response_at: Timestamp | None
+    resolved_at: Timestamp | None
 
 
 class EscalationPage(ApiModel):
@@ -359,10 +380,48 @@ class EscalationPage(ApiModel):
     next_cursor: str | None
 
 
-class EscalationStatusUpdate(ApiModel):
-    status: EscalationStatus
+class EscalationUpdate(ApiModel):
+    """Any of `status` and `assignee_id` (`null` unassigns)."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "in_progress"}]})
+    status: EscalationStatus | None = None
+    assignee_id: uuid.UUID | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "in_progress"},
+                {"assignee_id": "0d1c4a52-9d3e-4a57-9c86-5a0d2c1f7e10"},
+                {"assignee_id": None},
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> EscalationUpdate:
+        if not self.model_fields_set:
+            raise ValueError("give status, assignee_id or both")
+        if "status" in self.model_fields_set and self.status is None:
+            raise ValueError("status cannot be null")
+        return self
+
+
+class AuditEntry(ApiModel):
+    """One change to an escalation: who, what, from, to, when."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_AUDIT_EXAMPLE]})
+
+    escalation_id: uuid.UUID
+    actor: str
+    action: AuditAction
+    from_value: str | None = Field(serialization_alias="from")
+    to_value: str | None = Field(serialization_alias="to")
+    at: Timestamp
+
+
+class AuditTrail(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_AUDIT_EXAMPLE]}]})
+
+    items: list[AuditEntry]
 
 
 class ConversationCounts(ApiModel):
@@ -377,17 +436,34 @@ class MessageCounts(ApiModel):
     total: int
     user: int
     assistant: int
+    staff: int
+
+
+class ResponseTimes(ApiModel):
+    p50: float | None
+    p95: float | None
 
 
 class EscalationCounts(ApiModel):
     total: int
     by_status: dict[str, int]
     by_issue_type: dict[str, int]
+    first_response_seconds: ResponseTimes = Field(
+        description="Opened -> first staff message, over the window's answered escalations"
+    )
+    resolution_seconds: ResponseTimes = Field(
+        description="Opened -> resolved, over the window's resolved escalations"
+    )
+    oldest_open_seconds: float | None = Field(
+        description="Age of the oldest unresolved escalation now (not windowed)"
+    )
 
 
-class ResponseTimes(ApiModel):
-    p50: float | None
-    p95: float | None
+class SlaCounts(ApiModel):
+    first_response_minutes: int
+    breached: int = Field(
+        description="The window's escalations unanswered past the SLA, or answered later"
+    )
 
 
 class ApiCounts(ApiModel):
@@ -463,12 +539,16 @@ class Stats(ApiModel):
                         "closed": 15,
                         "archived": 3,
                     },
-                    "messages": {"total": 1480, "user": 760, "assistant": 720},
+                    "messages": {"total": 1480, "user": 760, "assistant": 700, "staff": 20},
                     "escalations": {
                         "total": 14,
                         "by_status": {"pending": 4, "notified": 2, "in_progress": 3, "resolved": 5},
                         "by_issue_type": {"card": 6, "loan": 5, "fraud": 3},
+                        "first_response_seconds": {"p50": 240.0, "p95": 1320.0},
+                        "resolution_seconds": {"p50": 3600.0, "p95": 14400.0},
+                        "oldest_open_seconds": 1800.0,
                     },
+                    "sla": {"first_response_minutes": 15, "breached": 2},
                     "escalation_rate": 0.1083,
                     "response_time_seconds": {"p50": 1.8, "p95": 6.4},
                     "api": {"requests": 5210, "errors_5xx": 0, "error_rate": 0.0},
@@ -489,8 +569,44 @@ class Stats(ApiModel):
     escalations: EscalationCounts
     escalation_rate: float
     response_time_seconds: ResponseTimes
+    sla: SlaCounts
     api: ApiCounts
     notifications: NotificationCounts
+
+
+class DailyMessageCounts(ApiModel):
+    user: int
+    assistant: int
+    staff: int
+
+
+_DAY_EXAMPLE: dict[str, Any] = {
+    "date": "2026-11-23",
+    "conversations": 41,
+    "messages": {"user": 260, "assistant": 240, "staff": 6},
+    "escalations": 5,
+    "escalation_rate": 0.0976,
+    "response_time_seconds": {"p50": 1.7, "p95": 6.1},
+}
+
+
+class DailyStats(ApiModel):
+    """One UTC day: what was created that day; response times of that day's questions."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_DAY_EXAMPLE]})
+
+    date: dt.date
+    conversations: int
+    messages: DailyMessageCounts
+    escalations: int
+    escalation_rate: float = Field(description="Share of the day's conversations ever escalated")
+    response_time_seconds: ResponseTimes
+
+
+class DailyStatsList(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_DAY_EXAMPLE]}]})
+
+    items: list[DailyStats] = Field(description="One row per UTC day, oldest first, today last")
 
 
 class ErrorBody(BaseModel):

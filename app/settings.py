@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import ssl
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -108,6 +109,28 @@ def parse_database_url(raw: str, variable: str = "DATABASE_URL") -> DatabaseTarg
     return DatabaseTarget(url=clean, ssl=ssl_value, pgbouncer=pgbouncer)
 
 
+DEFAULT_KEY_NAME = "service"
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def split_api_key(entry: str) -> tuple[str, str]:
+    """`name:key` -> (name, key); a bare key is named `service`. ConfigError when malformed.
+
+    The name is what logs and the audit trail show for requests made with the key; the
+    key itself is never shown, so the message below never quotes it.
+    """
+    name, separator, key = entry.partition(":")
+    if not separator:
+        return DEFAULT_KEY_NAME, entry
+    if not _KEY_NAME.fullmatch(name):
+        raise ConfigError(
+            "API_KEYS: a key name (before ':') must be 1-64 letters, digits, '_', '.' or '-'"
+        )
+    if not key:
+        raise ConfigError(f"API_KEYS: the key named {name!r} is empty")
+    return name, key
+
+
 def _split_csv(value: Any) -> Any:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -135,6 +158,7 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     message_max_chars: int = Field(default=8000, ge=1, le=1_000_000)
+    sla_first_response_minutes: int = Field(default=15, ge=1, le=10_080)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "console"] = "console"
     workers: int = Field(default=1, ge=1, le=256)
@@ -167,6 +191,19 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "REDACT: must be a comma list of card, ssn (default both), or none"
             ) from None
+
+    @field_validator("api_keys")
+    @classmethod
+    def _named_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        # A name may carry several keys (rotation: old and new side by side); a key may
+        # not carry two names, or the actor of its requests would be ambiguous.
+        keys: set[str] = set()
+        for entry in value:
+            _, key = split_api_key(entry.get_secret_value())
+            if key in keys:
+                raise ConfigError("API_KEYS: the same key is listed twice")
+            keys.add(key)
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -251,9 +288,10 @@ class Settings(BaseSettings):
         return self.database_url is not None and self.database.looks_like_pooler
 
     @property
-    def api_key_values(self) -> list[bytes]:
-        """The configured service keys as bytes, for constant-time comparison."""
-        return [key.get_secret_value().encode() for key in self.api_keys]
+    def api_key_values(self) -> list[tuple[str, bytes]]:
+        """(name, key as bytes) per configured service key, for constant-time comparison."""
+        named = (split_api_key(entry.get_secret_value()) for entry in self.api_keys)
+        return [(name, key.encode()) for name, key in named]
 
     @property
     def connection_budget(self) -> int:

@@ -227,10 +227,13 @@ def require_2xx(result: dict[str, Any], what: str) -> None:
         raise RuntimeError(f"{what}: non-2xx answers {bad}")
 
 
-def measure_stats(port: int, samples: int = 15) -> list[float]:
-    """Sequential GET /stats?since=<24h ago>, in milliseconds (after one warm-up call)."""
-    since = (datetime.now(UTC) - timedelta(hours=24)).isoformat()
-    url = f"http://127.0.0.1:{port}/api/v1/stats?since={urllib.parse.quote(since)}"
+def measure_stats(port: int, samples: int = 15, path: str | None = None) -> list[float]:
+    """Sequential GETs of a stats route (default /stats?since=<24h ago>), in milliseconds
+    (after one warm-up call)."""
+    if path is None:
+        since = (datetime.now(UTC) - timedelta(hours=24)).isoformat()
+        path = f"/api/v1/stats?since={urllib.parse.quote(since)}"
+    url = f"http://127.0.0.1:{port}{path}"
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {API_KEY}"})
     timings = []
     for attempt in range(samples + 1):
@@ -238,7 +241,7 @@ def measure_stats(port: int, samples: int = 15) -> list[float]:
         with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
             answer.read()
             if answer.status != 200:
-                raise RuntimeError(f"/stats answered {answer.status}")
+                raise RuntimeError(f"{path} answered {answer.status}")
         if attempt:
             timings.append((time.perf_counter() - started) * 1000)
     return timings
@@ -358,11 +361,13 @@ def run(arguments: argparse.Namespace) -> int:
             for server in servers
         }
         stats_ms = measure_stats(service.port)
+        daily_ms = measure_stats(service.port, path="/api/v1/stats/daily?days=30")
         report = Report(
             cases=cases,
             startups=startups,
             peak_rss=peak_rss,
             stats_ms=stats_ms,
+            daily_ms=daily_ms,
             depth=depth,
             rows=rows,
             seed_seconds=seed_seconds,
@@ -390,6 +395,7 @@ class Report:
     startups: list[float]
     peak_rss: dict[str, float]
     stats_ms: list[float]
+    daily_ms: list[float]
     depth: dict[str, dict[str, Any]]
     rows: dict[str, int]
     seed_seconds: float
@@ -456,6 +462,12 @@ class Report:
             f"median {stats_median:.1f} ms, max {max(self.stats_ms):.1f} ms",
             stats_median < 100,
         )
+        daily_median = statistics.median(self.daily_ms)
+        self.check(
+            f"/stats/daily?days=30 with {self.rows['conversations']:,} conversations < 150 ms",
+            f"median {daily_median:.1f} ms, max {max(self.daily_ms):.1f} ms",
+            daily_median < 150,
+        )
         for case in self.cases:
             if case.name in ("deep", "shallow"):
                 continue
@@ -487,6 +499,7 @@ class Report:
             "startups_s": self.startups,
             "peak_rss_mb": self.peak_rss,
             "stats_ms": self.stats_ms,
+            "daily_ms": self.daily_ms,
             "depth": self.depth,
             "cases": {case.name: case.results for case in self.cases},
             "checks": [{"target": t, "figure": f, "ok": ok} for t, f, ok in self.checks],

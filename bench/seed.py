@@ -134,10 +134,12 @@ STEPS = [
         "escalations",
         """
         INSERT INTO escalations (conversation_id, issue_type, original_request, status,
-                                 created_at, updated_at)
+                                 created_at, updated_at, first_response_at, resolved_at)
         SELECT md5('c' || n)::uuid, (ARRAY['loan', 'card', 'fraud', 'account'])[n % 4 + 1],
                'Please call me about my account.',
-               (ARRAY['pending', 'notified', 'in_progress', 'resolved'])[n % 4 + 1], t, t
+               (ARRAY['pending', 'notified', 'in_progress', 'resolved'])[n % 4 + 1], t, t,
+               CASE WHEN n % 4 >= 2 THEN t + interval '1 minute' * (n % 40) END,
+               CASE WHEN n % 4 = 3 THEN t + interval '1 hour' * (n % 9 + 1) END
         FROM generate_series(3, $1::int, 5) AS n,
              LATERAL (SELECT now() - interval '365 days' * n / $1::int AS t) AS at
         WHERE n % 2 = 1

@@ -37,7 +37,7 @@ from app.migrations import upgrade_to_head
 from app.settings import Settings
 
 SERVICE_KEY = "test-service-key-0123456789"
-TABLES = "users, conversations, messages, escalations"
+TABLES = "users, conversations, messages, escalations, staff"
 
 
 def _docker_answers() -> bool:

@@ -45,13 +45,14 @@ def cli_environment(database_url: str | None, **extra: str) -> dict[str, str]:
 
 
 def run_cli(
-    *arguments: str, database_url: str | None, cwd: Path, **extra: str
+    *arguments: str, database_url: str | None, cwd: Path, input: str | None = None, **extra: str
 ) -> subprocess.CompletedProcess[str]:
     """Run `member-support ...` as the shell would, in a directory without a .env file."""
     return subprocess.run(
         [CLI, *arguments],
         env=cli_environment(database_url, **extra),
         cwd=cwd,
+        input=input,
         capture_output=True,
         text=True,
         timeout=120,

@@ -50,49 +50,64 @@ def statements() -> list[str]:
         (ESCALATED, "user", T, 100),
         (ESCALATED, "assistant", T, 130),
         (ESCALATED, "user", T, 200),
+        (ESCALATED, "staff", T, 1200),
     ]
     rows += [
         "INSERT INTO messages (conversation_id, role, content, created_at) "
         f"VALUES ('{conversation}', '{role}', 'text', {_at(moment, seconds)})"
         for conversation, role, moment, seconds in messages
     ]
+    # (conversation, issue type, status, opened, first response after s, resolved after s)
     escalations = [
-        (OLD_ACTIVE, "card", "resolved", OLD),
-        (ESCALATED, "loan", "pending", T),
-        (ESCALATED, "card", "notified", T),
+        (OLD_ACTIVE, "card", "resolved", OLD, 60, 600),
+        (ESCALATED, "loan", "pending", T, 1200, None),
+        (ESCALATED, "card", "notified", T, None, None),
     ]
+
+    def _after(moment: datetime, seconds: float | None) -> str:
+        return "NULL" if seconds is None else _at(moment, seconds)
+
     rows += [
         "INSERT INTO escalations (conversation_id, issue_type, original_request, status, "
-        f"created_at, updated_at) VALUES ('{conversation}', '{issue}', 'help', '{status}', "
-        f"{_at(moment)}, {_at(moment)})"
-        for conversation, issue, status, moment in escalations
+        "created_at, updated_at, first_response_at, resolved_at) "
+        f"VALUES ('{conversation}', '{issue}', 'help', '{status}', "
+        f"{_at(moment)}, {_at(moment)}, {_after(moment, first)}, {_after(moment, resolved)})"
+        for conversation, issue, status, moment, first, resolved in escalations
     ]
     return rows
 
 
 ALL_TIME = {
     "conversations": {"total": 5, "active": 2, "escalated": 1, "closed": 1, "archived": 1},
-    "messages": {"total": 7, "user": 4, "assistant": 3},
+    "messages": {"total": 8, "user": 4, "assistant": 3, "staff": 1},
     "escalations": {
         "total": 3,
         "by_status": {"pending": 1, "notified": 1, "in_progress": 0, "resolved": 1},
         "by_issue_type": {"card": 2, "loan": 1},
+        # first responses after 60 s and 1200 s: p95 = 60 + 0.95 * 1140
+        "first_response_seconds": {"p50": 630.0, "p95": 1143.0},
+        "resolution_seconds": {"p50": 600.0, "p95": 600.0},
     },
     "escalation_rate": 0.4,
     # percentile_cont over 10, 30, 100: p95 = 30 + 0.9 * 70
     "response_time_seconds": {"p50": 30.0, "p95": 93.0},
+    # with the default 15 minutes: answered after 20 min, and still unanswered since T
+    "sla": {"first_response_minutes": 15, "breached": 2},
 }
 
 # Records created at or after T: the boundary is inclusive.
 SINCE_T = {
     "conversations": {"total": 4, "active": 1, "escalated": 1, "closed": 1, "archived": 1},
-    "messages": {"total": 5, "user": 3, "assistant": 2},
+    "messages": {"total": 6, "user": 3, "assistant": 2, "staff": 1},
     "escalations": {
         "total": 2,
         "by_status": {"pending": 1, "notified": 1, "in_progress": 0, "resolved": 0},
         "by_issue_type": {"card": 1, "loan": 1},
+        "first_response_seconds": {"p50": 1200.0, "p95": 1200.0},
+        "resolution_seconds": {"p50": None, "p95": None},
     },
     "escalation_rate": 0.25,
     # over 10 and 30: p50 = 20, p95 = 10 + 0.95 * 20
     "response_time_seconds": {"p50": 20.0, "p95": 29.0},
+    "sla": {"first_response_minutes": 15, "breached": 2},
 }

@@ -30,7 +30,9 @@ SERVICE_ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/escalations", None),
     ("GET", f"/escalations/{SOME_ID}", None),
     ("PATCH", f"/escalations/{SOME_ID}", {"status": "resolved"}),
+    ("GET", f"/escalations/{SOME_ID}/events", None),
     ("GET", "/stats", None),
+    ("GET", "/stats/daily", None),
     ("GET", "/notifications", None),
     ("POST", f"/notifications/{SOME_ID}/retry", None),
 ]

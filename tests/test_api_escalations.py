@@ -25,6 +25,9 @@ ESCALATION_FIELDS = SUMMARY_FIELDS | {
     "original_request",
     "contact_info",
     "conversation_context",
+    "assignee_id",
+    "first_response_at",
+    "resolved_at",
 }
 ALL_MOVES = [
     (source, target)

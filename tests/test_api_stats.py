@@ -21,13 +21,22 @@ async def test_stats_have_the_documented_shape(
         "escalations",
         "escalation_rate",
         "response_time_seconds",
+        "sla",
         "api",
         "notifications",  # additive: the webhook outbox (README, "Escalation notifications")
     }
     assert body["since"] is None
     assert set(body["conversations"]) == {"total", "active", "escalated", "closed", "archived"}
-    assert set(body["messages"]) == {"total", "user", "assistant"}
-    assert set(body["escalations"]) == {"total", "by_status", "by_issue_type"}
+    assert set(body["messages"]) == {"total", "user", "assistant", "staff"}
+    assert set(body["escalations"]) == {
+        "total",
+        "by_status",
+        "by_issue_type",
+        "first_response_seconds",
+        "resolution_seconds",
+        "oldest_open_seconds",
+    }
+    assert set(body["sla"]) == {"first_response_minutes", "breached"}
     assert set(body["escalations"]["by_status"]) == {
         "pending",
         "notified",
@@ -63,7 +72,7 @@ async def test_stats_count_conversations_messages_and_escalations(
         "closed": 0,
         "archived": 0,
     }
-    assert body["messages"] == {"total": 3, "user": 2, "assistant": 1}
+    assert body["messages"] == {"total": 3, "user": 2, "assistant": 1, "staff": 0}
     assert body["escalations"]["total"] == 1
     assert body["escalations"]["by_status"]["pending"] == 1
     assert body["escalations"]["by_issue_type"] == {"card": 1}

@@ -126,7 +126,7 @@ def test_a_bad_number_names_its_variable() -> None:
 
 def test_api_keys_and_cors_origins_are_comma_separated() -> None:
     settings = load_settings(_env_file=None, api_keys=" a , b,,", cors_origins="https://x.org")
-    assert settings.api_key_values == [b"a", b"b"]
+    assert settings.api_key_values == [("service", b"a"), ("service", b"b")]
     assert settings.cors_origins == ["https://x.org"]
 
 

@@ -32,18 +32,33 @@ async def _seed(connection: AsyncConnection) -> None:
 
 
 def _database_part(body: dict[str, Any]) -> dict[str, Any]:
-    # `notifications` is the outbox now, not windowed (test_notification_outbox.py).
-    return {
+    # `notifications` is the outbox now, not windowed (test_notification_outbox.py); the
+    # oldest open escalation's age is now minus its creation (checked on its own).
+    part = {
         key: value for key, value in body.items() if key not in {"since", "api", "notifications"}
     }
+    oldest = part["escalations"].pop("oldest_open_seconds")
+    opened_at = stats_data.T  # the oldest unresolved escalation of the data set
+    if part["conversations"]["total"]:
+        assert oldest == pytest.approx((datetime.now(UTC) - opened_at).total_seconds(), abs=60)
+    return part
+
+
+def _times(block: dict[str, Any]) -> dict[str, Any]:
+    return {key: None if value is None else pytest.approx(value) for key, value in block.items()}
 
 
 def _approx(expected: dict[str, Any]) -> Any:
-    times = expected["response_time_seconds"]
+    escalations = expected["escalations"]
     return {
         **expected,
         "escalation_rate": pytest.approx(expected["escalation_rate"]),
-        "response_time_seconds": {key: pytest.approx(value) for key, value in times.items()},
+        "response_time_seconds": _times(expected["response_time_seconds"]),
+        "escalations": {
+            **escalations,
+            "first_response_seconds": _times(escalations["first_response_seconds"]),
+            "resolution_seconds": _times(escalations["resolution_seconds"]),
+        },
     }
 
 
@@ -89,11 +104,16 @@ async def test_stats_after_the_last_record_are_zero_with_null_response_times(
     body = response.json()
     assert body["conversations"]["total"] == 0
     assert body["messages"]["total"] == 0
+    oldest_open = body["escalations"].pop("oldest_open_seconds")
+    assert oldest_open > 0  # the queue as it stands, whatever the window
     assert body["escalations"] == {
         "total": 0,
         "by_status": {"pending": 0, "notified": 0, "in_progress": 0, "resolved": 0},
         "by_issue_type": {},
+        "first_response_seconds": {"p50": None, "p95": None},
+        "resolution_seconds": {"p50": None, "p95": None},
     }
+    assert body["sla"] == {"first_response_minutes": 15, "breached": 0}
     assert body["escalation_rate"] == 0
     assert body["response_time_seconds"] == {"p50": None, "p95": None}
 
@@ -171,7 +191,8 @@ async def test_windowed_stats_queries_read_indexes_not_whole_tables(
     await _bulk_history(connection)
     since = "(now() - interval '1 day')"
     for name, query in stats._WINDOWED.items():
-        plan_rows = await connection.execute(text("EXPLAIN " + query.text.replace(":since", since)))
+        sql = query.text.replace(":since", since).replace(":sla_seconds", "900")
+        plan_rows = await connection.execute(text("EXPLAIN " + sql))
         plan = "\n".join(row[0] for row in plan_rows)
         assert not re.search(r"Seq Scan on (conversations|messages|escalations)", plan), (
             name,
@@ -212,7 +233,10 @@ def _flatten(numbers: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _assert_table_matches(table: dict[str, str], expected: dict[str, Any]) -> None:
     for name, value in _flatten(expected).items():
         assert name in table, name
-        assert float(table[name]) == pytest.approx(value, abs=1e-4), name
+        if value is None:
+            assert table[name] == "-", name
+        else:
+            assert float(table[name]) == pytest.approx(value, abs=1e-4), name
 
 
 def test_cli_stats_print_the_same_numbers_as_the_api(stats_database: str, tmp_path: Path) -> None:
@@ -304,7 +328,7 @@ async def test_response_times_match_the_rule_over_random_histories(db: AsyncSess
     moments = sorted(at for messages in history.values() for _, at in messages)
     windows: list[datetime | None] = [None, start, *(rng.choice(moments) for _ in range(6))]
     for since in windows:
-        collected = await stats.collect(db, since=since)
+        collected = await stats.collect(db, since=since, sla_minutes=15)
         waits = _reference_waits(history, since)
         assert waits, since  # the data set answers something in every window
         assert collected.response_p50 == pytest.approx(_percentile_cont(waits, 0.5)), since
@@ -313,4 +337,26 @@ async def test_response_times_match_the_rule_over_random_histories(db: AsyncSess
         assert collected.messages == {
             "user": in_window.count("user"),
             "assistant": in_window.count("assistant"),
+            "staff": 0,
         }
+
+
+@pytest.mark.parametrize(("minutes", "breached"), [(1, 2), (15, 2), (30, 1)])
+async def test_the_sla_counts_late_and_still_unanswered_escalations(
+    connection: AsyncConnection, db: AsyncSession, minutes: int, breached: int
+) -> None:
+    # First responses after 1 min (old, resolved) and 20 min; one still unanswered.
+    await _seed(connection)
+    collected = await stats.collect(db, since=None, sla_minutes=minutes)
+    assert (collected.sla_minutes, collected.sla_breached) == (minutes, breached)
+
+
+def test_the_sla_setting_is_read_and_checked() -> None:
+    from app.settings import ConfigError, load_settings
+
+    assert load_settings(_env_file=None).sla_first_response_minutes == 15
+    assert (
+        load_settings(_env_file=None, sla_first_response_minutes=5).sla_first_response_minutes == 5
+    )
+    with pytest.raises(ConfigError, match="SLA_FIRST_RESPONSE_MINUTES"):
+        load_settings(_env_file=None, sla_first_response_minutes=0)

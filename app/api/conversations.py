@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Response, status
 
 from app.api.deps import (
+    ActorDep,
     SettingsDep,
     StrictJSONRoute,
     check_content_length,
@@ -17,7 +18,8 @@ from app.api.deps import (
 )
 from app.api.sessions import IdempotencyKey, Limit, SeqCursor
 from app.db import SessionDep
-from app.repositories import conversations, messages
+from app.errors import Unprocessable
+from app.repositories import conversations, escalations, messages, staff
 from app.schemas import (
     Conversation,
     ConversationPage,
@@ -44,7 +46,7 @@ router = APIRouter(
         200: {"model": Message, "description": "Idempotent replay of the original message"},
         **error_responses(404, 409),
     },
-    summary="Write a message (assistant replies)",
+    summary="Write a message (assistant and staff replies)",
 )
 async def write_message(
     db: SessionDep,
@@ -52,10 +54,28 @@ async def write_message(
     conversation_id: uuid.UUID,
     body: ServiceMessageCreate,
     response: Response,
+    actor: ActorDep,
     idempotency_key: IdempotencyKey = None,
+    staff_id: Annotated[
+        uuid.UUID | None,
+        Header(
+            alias="X-Staff-Id",
+            description="With role `staff`: the active staff member who writes the reply",
+        ),
+    ] = None,
 ) -> Message:
-    """Append a `user` or `assistant` message, with the member route's rules."""
+    """Append a `user`, `assistant` or `staff` message, with the member route's rules.
+
+    A `staff` message (the human handoff) needs `X-Staff-Id` naming an active staff
+    account; it is audited on the conversation's unresolved escalations, sets their
+    first response time if it is the first, and reaches the member with the author's
+    display name.
+    """
     check_content_length(settings, body.content)
+    if (body.role == "staff") != (staff_id is not None):
+        raise Unprocessable("X-Staff-Id is required with role staff, and only with it")
+    if staff_id is not None:
+        await staff.require_active(db, staff_id=staff_id, field="X-Staff-Id")
     row, created = await messages.append(
         db,
         conversation_id=conversation_id,
@@ -63,7 +83,15 @@ async def write_message(
         content=body.content,
         idempotency_key=idempotency_key,
         redact_kinds=settings.redact,
+        author_id=staff_id,
     )
+    if created and staff_id is not None:
+        await escalations.note_staff_reply(
+            db,
+            conversation_id=conversation_id,
+            actor=f"{actor}+staff:{staff_id}",
+            message_seq=row.seq,
+        )
     if not created:
         response.status_code = status.HTTP_200_OK
     return Message.model_validate(row)

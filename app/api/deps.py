@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import NotFound
+from app.log import actor_var
 from app.schemas import SESSION_ID_PATTERN, ErrorBody
 from app.settings import Settings
 
@@ -43,15 +44,27 @@ async def require_service_key(
         return
     if credentials is None:
         raise _unauthorized("Missing bearer token")
-    keys: list[bytes] = request.app.state.api_keys
+    keys: list[tuple[str, bytes]] = request.app.state.api_keys
     presented = credentials.credentials.encode("utf-8", errors="replace")
     # Compare against every key, always, so timing tells nothing about which was close.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(presented, key)
-    if not matched:
+    actor: str | None = None
+    for name, key in keys:
+        if hmac.compare_digest(presented, key):
+            actor = name
+    if actor is None:
         raise _unauthorized("Invalid bearer token")
+    # The key's name (never the key) is who did it: in the log lines and audit rows.
+    request.state.actor = actor
+    actor_var.set(actor)
     request.scope["service_key_checked"] = True
+
+
+def request_actor(request: Request) -> str:
+    """Who is acting, for the audit trail: `key:<name of the service key>`."""
+    return f"key:{getattr(request.state, 'actor', 'service')}"
+
+
+ActorDep = Annotated[str, Depends(request_actor)]
 
 
 def session_id_path(

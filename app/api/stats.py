@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from app.api.deps import error_responses, require_service_key
 from app.db import SessionDep
 from app.repositories import notifications, stats
-from app.schemas import Stats
+from app.schemas import DailyStatsList, Stats
+from app.settings import Settings
 
 router = APIRouter(
     tags=["service"], dependencies=[Depends(require_service_key)], responses=error_responses(401)
@@ -30,7 +32,10 @@ async def read_stats(request: Request, db: SessionDep, since: datetime | None = 
             raise RequestValidationError(
                 [{"type": "value_error", "loc": ("query", "since"), "msg": "out of range"}]
             ) from None
-    collected = await stats.collect(db, since=since)
+    settings: Settings = request.app.state.settings
+    collected = await stats.collect(
+        db, since=since, sla_minutes=settings.sla_first_response_minutes
+    )
     return Stats.model_validate(
         {
             "since": since,
@@ -39,3 +44,17 @@ async def read_stats(request: Request, db: SessionDep, since: datetime | None = 
             "notifications": await notifications.summary(db),
         }
     )
+
+
+@router.get("/stats/daily", summary="Key metrics per UTC day")
+async def read_daily_stats(
+    request: Request,
+    db: SessionDep,
+    days: Annotated[int, Query(ge=1, le=90, description="How many days, ending today (UTC)")] = 30,
+) -> DailyStatsList:
+    """Conversations, messages by role, escalations, escalation rate and response times
+    for each of the last `days` UTC days, oldest first; quiet days are rows of zeros.
+    Today's row is live; the closed days are recomputed at most every 5 minutes."""
+    cache: stats.DailyCache = request.app.state.daily_stats
+    rows = await cache.daily(db, days=days, today=datetime.now(UTC).date())
+    return DailyStatsList.model_validate({"items": rows})

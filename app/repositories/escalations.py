@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, exists, select, text, update
+from sqlalchemy import ColumnElement, exists, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, NotFound
 from app.models import Conversation, Escalation
 from app.redact import ALL_KINDS, merge, redact, report
-from app.repositories import messages, notifications, paging, users
+from app.repositories import audit, messages, notifications, paging, staff, users
 
 CONTEXT_MESSAGES = 20
 CONTEXT_MAX_BYTES = 16 * 1024
@@ -154,28 +154,66 @@ async def list_queue(
     issue_type: str | None,
     limit: int,
     cursor: str | None,
+    assignee: uuid.UUID | Literal["none"] | None = None,
 ) -> tuple[list[Escalation], str | None]:
-    """The staff work queue, oldest first, one keyset page at a time."""
+    """The staff work queue, oldest first, one keyset page at a time.
+
+    `assignee`: a staff id, or "none" for the unassigned; None means anyone's.
+    """
     conditions: list[ColumnElement[bool]] = []
     if status is not None:
         conditions.append(Escalation.status == status)
     if issue_type is not None:
         conditions.append(Escalation.issue_type == issue_type)
+    if assignee == "none":
+        conditions.append(Escalation.assignee_id.is_(None))
+    elif assignee is not None:
+        conditions.append(Escalation.assignee_id == assignee)
     return await paging.oldest_first(
         session, Escalation, conditions=conditions, limit=limit, cursor=cursor
     )
 
 
-async def transition(
-    session: AsyncSession, *, escalation_id: uuid.UUID, status: str, record_event: bool = True
-) -> Escalation:
-    """Move an escalation to `status` as a compare-and-set, with the conversation effects.
+UNCHANGED: Any = object()  # "not given", as opposed to None ("unassign")
+SYSTEM_ACTOR = "system"
 
-    The same status is a no-op (nothing changes, not even updated_at); an illegal
-    move is a Conflict naming the allowed ones. Resolving a conversation's last open
-    escalation makes it `active`; reopening makes it `escalated` again. A move writes an
-    `escalation.status_changed` event unless `record_event` is False (the delivery
-    worker's own pending → notified, which would only echo the webhook it just delivered).
+
+async def transition(
+    session: AsyncSession,
+    *,
+    escalation_id: uuid.UUID,
+    status: str,
+    record_event: bool = True,
+    actor: str = SYSTEM_ACTOR,
+) -> Escalation:
+    """Move an escalation to `status`: `change` with the status only."""
+    return await change(
+        session, escalation_id=escalation_id, status=status, actor=actor, record_event=record_event
+    )
+
+
+async def change(
+    session: AsyncSession,
+    *,
+    escalation_id: uuid.UUID,
+    actor: str,
+    status: str | None = None,
+    assignee_id: uuid.UUID | None = UNCHANGED,
+    record_event: bool = True,
+) -> Escalation:
+    """Change an escalation's status and/or assignee, audited, as one compare-and-set.
+
+    Every change to an escalation holds its conversation's row lock, so two staff acting
+    at once are applied one after the other, each against the state the other left:
+    - status: the same status is a no-op (nothing changes, not even updated_at); an
+      illegal move from the current status is a Conflict naming the allowed ones.
+      Resolving sets `resolved_at`, reopening clears it; resolving a conversation's last
+      open escalation makes it `active`, reopening makes it `escalated` again. A move
+      writes an `escalation.status_changed` event unless `record_event` is False (the
+      delivery worker's own pending -> notified, which would only echo its webhook).
+    - assignee: an explicit choice, so the later of two assignments applies (both are in
+      the audit trail); the same assignee is a no-op; an unknown or disabled staff id is
+      Unprocessable and nothing changes.
     """
     conversation_id = await session.scalar(
         select(Escalation.conversation_id).where(Escalation.id == escalation_id)
@@ -183,16 +221,59 @@ async def transition(
     if conversation_id is None:
         raise NotFound("Escalation not found")
     await _lock_conversation(session, session_id=None, conversation_id=conversation_id)
-    # Read after taking the lock: every status move holds it, so this is current.
-    previous = await session.scalar(select(Escalation.status).where(Escalation.id == escalation_id))
-    if previous == status:
-        return await get(session, escalation_id=escalation_id)
+    # Read after taking the lock: every change holds it, so this is current.
+    current = await session.execute(
+        select(Escalation.status, Escalation.assignee_id).where(Escalation.id == escalation_id)
+    )
+    previous, previous_assignee = current.one()
+    if assignee_id is not UNCHANGED and assignee_id is not None:
+        await staff.require_active(session, staff_id=assignee_id, field="assignee_id")
+    if status is not None and status != previous:
+        await _move(
+            session,
+            escalation_id=escalation_id,
+            conversation_id=conversation_id,
+            previous=previous,
+            status=status,
+            record_event=record_event,
+        )
+        await audit.record(
+            session,
+            escalation_ids=[escalation_id],
+            actor=actor,
+            action="status",
+            from_value=previous,
+            to_value=status,
+        )
+    if assignee_id is not UNCHANGED and assignee_id != previous_assignee:
+        await session.execute(
+            update(Escalation).where(Escalation.id == escalation_id).values(assignee_id=assignee_id)
+        )
+        await audit.record(
+            session,
+            escalation_ids=[escalation_id],
+            actor=actor,
+            action="assignment",
+            from_value=None if previous_assignee is None else str(previous_assignee),
+            to_value=None if assignee_id is None else str(assignee_id),
+        )
+    return await get(session, escalation_id=escalation_id)
+
+
+async def _move(
+    session: AsyncSession,
+    *,
+    escalation_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    previous: str | None,
+    status: str,
+    record_event: bool,
+) -> None:
     moved = await session.scalar(
         update(Escalation)
         .where(Escalation.id == escalation_id, Escalation.status.in_(_sources_of(status)))
-        .values(status=status)
-        .returning(Escalation)
-        .execution_options(populate_existing=True)
+        .values(status=status, resolved_at=func.now() if status == "resolved" else None)
+        .returning(Escalation.id)
     )
     if moved is None:
         allowed = ", ".join(ALLOWED_MOVES.get(previous or "", ())) or "none"
@@ -226,4 +307,27 @@ async def transition(
             )
             .values(status="escalated")
         )
-    return moved
+
+
+async def note_staff_reply(
+    session: AsyncSession, *, conversation_id: uuid.UUID, actor: str, message_seq: int
+) -> None:
+    """A staff message was written: audit it on the conversation's unresolved escalations
+    and set their `first_response_at` if this is the first. Runs in the message's
+    transaction, which holds the conversation's row lock (the insert took it)."""
+    open_ids = list(
+        await session.scalars(
+            update(Escalation)
+            .where(Escalation.conversation_id == conversation_id, Escalation.status != "resolved")
+            .values(first_response_at=func.coalesce(Escalation.first_response_at, func.now()))
+            .returning(Escalation.id)
+        )
+    )
+    await audit.record(
+        session,
+        escalation_ids=open_ids,
+        actor=actor,
+        action="staff_message",
+        from_value=None,
+        to_value=f"message {message_seq}",
+    )

@@ -13,7 +13,13 @@ from app.models import Message
 from app.redact import ALL_KINDS, redact, report
 from app.repositories import Record
 
-MESSAGE_COLUMNS = "id, conversation_id, seq, role, content, created_at"
+# A staff message carries its author's display name (never the email); the CASE skips
+# the lookup for every other message.
+MESSAGE_COLUMNS = (
+    "id, conversation_id, seq, role, content, created_at, "
+    "CASE WHEN messages.author_id IS NULL THEN NULL ELSE "
+    "(SELECT display_name FROM staff WHERE staff.id = messages.author_id) END AS author_name"
+)
 
 # One round trip: lock the conversation (inserts into it queue here; the seq trigger
 # relies on it), refuse archived ones, and insert unless the idempotency key was seen.
@@ -23,8 +29,8 @@ _APPEND = """
 WITH conversation AS (
     SELECT id, status FROM conversations WHERE {match} FOR NO KEY UPDATE
 ), inserted AS (
-    INSERT INTO messages (conversation_id, role, content, idempotency_key)
-    SELECT id, $2, $3, $4 FROM conversation
+    INSERT INTO messages (conversation_id, role, content, idempotency_key, author_id)
+    SELECT id, $2, $3, $4, $5 FROM conversation
     WHERE status <> 'archived'
     ON CONFLICT (conversation_id, idempotency_key) WHERE idempotency_key IS NOT NULL
     DO NOTHING
@@ -36,6 +42,10 @@ FROM conversation LEFT JOIN inserted ON true
 """
 APPEND_BY_SESSION = _APPEND.format(match="session_id = $1", columns=MESSAGE_COLUMNS)
 APPEND_BY_ID = _APPEND.format(match="id = $1", columns=MESSAGE_COLUMNS)
+_BY_IDEMPOTENCY_KEY = (
+    f"SELECT {MESSAGE_COLUMNS}, author_id FROM messages "  # noqa: S608 (constants only)
+    "WHERE conversation_id = $1 AND idempotency_key = $2"
+)
 
 
 async def append(
@@ -47,13 +57,15 @@ async def append(
     session_id: str | None = None,
     conversation_id: uuid.UUID | None = None,
     redact_kinds: frozenset[str] = ALL_KINDS,
+    author_id: uuid.UUID | None = None,
 ) -> tuple[Record, bool]:
     """Append a message to a conversation (by session id or id); returns (message, created).
 
     Card numbers and SSNs (`redact_kinds`) are replaced first, so what is stored and what
     a repeated Idempotency-Key is compared with are both the redacted text. A repeat
-    with the same role and content returns the original message and stores nothing;
-    with anything else it is Unprocessable.
+    with the same role, content and author returns the original message and stores
+    nothing; with anything else it is Unprocessable. `author_id` names the staff member
+    of a `staff` message.
     """
     if (session_id is None) == (conversation_id is None):
         raise ValueError("give exactly one of session_id, conversation_id")
@@ -62,7 +74,9 @@ async def append(
     connection = await session.connection()
     key = session_id if session_id is not None else conversation_id
     row = (
-        await connection.exec_driver_sql(statement, (key, role, content, idempotency_key))
+        await connection.exec_driver_sql(
+            statement, (key, role, content, idempotency_key, author_id)
+        )
     ).one_or_none()
     if row is None:
         raise NotFound("Session not found" if session_id is not None else "Conversation not found")
@@ -71,22 +85,13 @@ async def append(
         return row, True
     if idempotency_key is not None:
         original = (
-            await session.execute(
-                select(
-                    Message.id,
-                    Message.conversation_id,
-                    Message.seq,
-                    Message.role,
-                    Message.content,
-                    Message.created_at,
-                ).where(
-                    Message.conversation_id == row.found_conversation_id,
-                    Message.idempotency_key == idempotency_key,
-                )
+            await connection.exec_driver_sql(
+                _BY_IDEMPOTENCY_KEY,
+                (row.found_conversation_id, idempotency_key),
             )
         ).one_or_none()
         if original is not None:
-            if original.role != role or original.content != content:
+            if (original.role, original.content, original.author_id) != (role, content, author_id):
                 raise Unprocessable("Idempotency-Key was already used for a different message")
             return original, False
     raise Conflict("The conversation is archived and accepts no new messages")
