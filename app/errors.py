@@ -170,8 +170,6 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         if is_unavailable(error):
             return _unavailable(request, error)
-        if is_transaction_conflict(error):  # a raw driver error, not wrapped by SQLAlchemy
-            return database_error_response(request, error)
         log.error(
             "unhandled_error",
             extra={"error_type": type(error).__name__, "path_template": _template(request)},

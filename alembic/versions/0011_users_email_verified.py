@@ -45,8 +45,9 @@ def upgrade() -> None:
         "users",
         sa.Column("email_verified", sa.Boolean(), server_default=sa.false(), nullable=False),
     )
-    _split_users_shared_by_several_conversations()
+    # The copies below repeat emails: the old constraint goes first.
     op.drop_constraint("uq_users_email", "users", type_="unique")
+    _split_users_shared_by_several_conversations()
     op.create_index(EMAIL_INDEX, "users", ["email"])
     op.create_index(
         VERIFIED_INDEX,
@@ -62,7 +63,7 @@ def _split_users_shared_by_several_conversations() -> None:
     op.execute("ALTER TABLE conversations DISABLE TRIGGER conversations_set_updated_at")
     op.execute(
         """
-        WITH later AS (
+        WITH later AS MATERIALIZED (
             SELECT id AS conversation_id, user_id, gen_random_uuid() AS new_user_id
             FROM (
                 SELECT id, user_id,
