@@ -166,7 +166,7 @@ class SessionCreate(ApiModel):
         return self
 
 
-_IDENTITY_EXAMPLE = {
+_IDENTITY_EXAMPLE: dict[str, Any] = {
     "email": "ada@example.org",
     "signature": "5c1e0f4ad0b4a9a8e3f1d2c6b7a8e9f00112233445566778899aabbccddeeff0",
 }
