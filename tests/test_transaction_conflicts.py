@@ -151,6 +151,8 @@ async def test_a_real_deadlock_with_another_connection_is_retried_not_500(
                 )
             )
             for _ in range(200):
+                # Activity statistics are a snapshot per transaction unless cleared.
+                await other.execute("SELECT pg_stat_clear_snapshot()")
                 waiting = await other.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                     "AND datname = current_database() AND pid <> pg_backend_pid()"
