@@ -271,3 +271,9 @@ async def test_a_session_can_be_opened_with_contact_details(db: AsyncSession) ->
     )
     assert created
     assert (await users.get(db, user_id=row.user_id)).name == "Lin"
+
+
+async def test_contact_without_any_contact_field_changes_nothing(db: AsyncSession) -> None:
+    session = await open_session(db, name="Kept")
+    await users.apply_contact(db, conversation_id=session.conversation_id, changes={})
+    assert (await _user_of(db, session.conversation_id)).name == "Kept"
