@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import (
     UNAVAILABLE_DETAIL,
     UNAVAILABLE_RETRY_AFTER_S,
+    is_transaction_conflict,
     is_unavailable,
     note_unavailable,
 )
@@ -215,6 +216,10 @@ class HotPaths:
         try:
             row = await self._with_connection(append)
         except Exception as error:
+            if is_transaction_conflict(error):
+                # The one statement failed and wrote nothing: FastAPI retries and maps it.
+                await self.app(scope, replay, send)
+                return
             if not is_unavailable(error):
                 raise
             # Unknown outcome, as on the framework path: the client retries with its key.

@@ -19,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
@@ -72,11 +73,26 @@ class User(Base):
     __tablename__ = "users"
 
     id: Mapped[uuid.UUID] = _uuid_pk()
-    email: Mapped[str | None] = mapped_column(String(255), unique=True)
+    email: Mapped[str | None] = mapped_column(String(255))
+    # True only for an email the credit union's app signed (identity verification);
+    # an email a member types is never verified.
+    email_verified: Mapped[bool] = mapped_column(Boolean, server_default=false())
     name: Mapped[str | None] = mapped_column(String(255))
     phone: Mapped[str | None] = mapped_column(String(50))
     created_at: Mapped[datetime | None] = _created_at()
     updated_at: Mapped[datetime | None] = _updated_at()
+
+    __table_args__ = (
+        # Only verified users are unique by email; typed emails may repeat.
+        Index(
+            "uq_users_email_verified",
+            "email",
+            unique=True,
+            postgresql_where=text("email_verified"),
+        ),
+        # The service's look-up by email, verified or not.
+        Index("ix_users_email", "email"),
+    )
 
 
 class Conversation(Base):

@@ -159,6 +159,9 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     message_max_chars: int = Field(default=8000, ge=1, le=1_000_000)
     sla_first_response_minutes: int = Field(default=15, ge=1, le=10_080)
+    # The key the credit union's app signs member emails with (identity verification);
+    # unset: identity verification is off.
+    identity_secret: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "console"] = "console"
     workers: int = Field(default=1, ge=1, le=256)
@@ -217,6 +220,16 @@ class Settings(BaseSettings):
             return None
         parse_database_url(value.get_secret_value(), info.field_name.upper())
         return value
+
+    @field_validator("identity_secret")
+    @classmethod
+    def _identity_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(value.get_secret_value().strip().encode()) < 32:
+            # HMAC-SHA256 with a short key is only as strong as the key.
+            raise ConfigError("IDENTITY_SECRET: must be at least 32 bytes (e.g. 64 hex digits)")
+        return SecretStr(value.get_secret_value().strip())
 
     @field_validator("notify_webhook_secret")
     @classmethod

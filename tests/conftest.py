@@ -37,6 +37,8 @@ from app.migrations import upgrade_to_head
 from app.settings import Settings
 
 SERVICE_KEY = "test-service-key-0123456789"
+# The key the tests sign member identities with (the credit union's app holds it).
+IDENTITY_SECRET = "test-identity-secret-0123456789abcdef"
 TABLES = "users, conversations, messages, escalations, staff"
 
 
@@ -142,6 +144,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
         "api_keys": SERVICE_KEY,
+        "identity_secret": IDENTITY_SECRET,
         "db_pooler": os.environ.get("TEST_DB_POOLER", "auto"),
         "_env_file": None,
     }

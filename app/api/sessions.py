@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
+from app import identity
 from app.api.deps import (
     SessionIdDep,
     SettingsDep,
@@ -21,6 +22,7 @@ from app.schemas import (
     EscalationCreate,
     EscalationSummary,
     EscalationSummaryList,
+    IdentityAttach,
     Message,
     MessageCreate,
     MessagePage,
@@ -49,18 +51,22 @@ SeqCursor = Annotated[int | None, Query(ge=0, le=2**63 - 1)]
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"model": Session, "description": "The session already existed"},
-        **error_responses(),
+        **error_responses(401),
     },
     summary="Open a session (or resume one by id)",
 )
 async def open_session(
-    db: SessionDep, response: Response, body: SessionCreate | None = None
+    db: SessionDep, settings: SettingsDep, response: Response, body: SessionCreate | None = None
 ) -> Session:
-    """Create an anonymous user and a conversation; an existing `session_id` → 200, unchanged."""
+    """Create an anonymous user and a conversation; an existing `session_id` → 200, unchanged.
+
+    With a valid `identity` the conversation belongs to that member's verified user
+    (a wrong signature → 401 and nothing is created)."""
     request = body or SessionCreate()
+    email = identity.verified_email(settings, request.identity) if request.identity else None
     contact = {"name": request.name, "email": request.email, "phone": request.phone}
     row, created = await conversations.open_session(
-        db, session_id=request.session_id, contact=contact
+        db, session_id=request.session_id, contact=contact, verified_email=email
     )
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -80,10 +86,30 @@ async def read_session(db: SessionDep, session_id: SessionIdDep) -> Session:
     summary="Leave or change contact details",
 )
 async def update_contact(db: SessionDep, session_id: SessionIdDep, body: ContactUpdate) -> None:
-    """Set any of name, email, phone (`null` clears). An email another member already
-    has moves this conversation to them without revealing or overwriting anything."""
+    """Set any of name, email, phone (`null` clears) on this session's own user only.
+
+    A typed email is unverified and may be one another member also has: nothing of
+    theirs is read or changed. A verified email cannot be changed here (409)."""
     conversation_id = await conversations.get_id_by_session(db, session_id=session_id)
     await users.apply_contact(db, conversation_id=conversation_id, changes=body.changes())
+
+
+@router.post(
+    "/{session_id}/identity",
+    responses=error_responses(401, 404),
+    summary="Verify the member's identity",
+)
+async def verify_identity(
+    db: SessionDep, settings: SettingsDep, session_id: SessionIdDep, body: IdentityAttach
+) -> Session:
+    """Attach this conversation to the verified user of a signed email (created if new).
+
+    Nothing of that user is returned. A wrong signature → 401 and nothing changes;
+    no IDENTITY_SECRET configured → 422."""
+    email = identity.verified_email(settings, body.identity)
+    conversation_id = await conversations.get_id_by_session(db, session_id=session_id)
+    await users.attach_verified(db, conversation_id=conversation_id, email=email)
+    return Session.model_validate(await conversations.get_session(db, session_id=session_id))
 
 
 @router.post(

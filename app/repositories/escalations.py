@@ -79,8 +79,9 @@ async def open_escalation(
         return existing, False
     if conversation.status == "archived":
         raise Conflict("The conversation is archived and cannot be escalated")
-    contact = await users.known_contact(session, user_id=conversation.user_id)
-    contact.update({key: value for key, value in (contact_info or {}).items() if value is not None})
+    contact = await users.contact_snapshot(
+        session, user_id=conversation.user_id, supplied=contact_info
+    )
     original_request, request_redactions = redact(original_request, redact_kinds)
     context, context_redactions = await messages.recent_transcript(
         session,
