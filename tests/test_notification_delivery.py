@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import io
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from standardwebhooks import Webhook
 from webhook_receiver import DribblingReceiver, Receiver, free_port
 
 from app.db import create_engine, create_sessionmaker
+from app.log import configure_logging
 from app.main import create_app
 from app.models import Escalation, NotificationEvent
 from app.notify import NotificationWorker
@@ -542,6 +544,39 @@ async def test_a_worker_killed_mid_batch_loses_nothing(
 
     assert Counter(receiver.ids()) == Counter({str(event.id): 2 for event in leased})
     assert {await escalation_status(sessions, i) for i in escalation_ids} == {"notified"}
+
+
+async def test_delivery_logs_carry_neither_the_webhook_url_nor_the_members_details(
+    sessions: async_sessionmaker[AsyncSession],
+    receiver: Receiver,
+    worker_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await open_escalation(sessions, "first")
+    await open_escalation(sessions, "second")
+    receiver.status = 500
+    token_url = receiver.url + "?token=t0ken-in-the-url"
+    # Logging as the service sets it up (DEBUG, JSON), into a buffer.
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    buffer = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buffer)
+    configure_logging("DEBUG", "json")
+    try:
+        worker = worker_factory(token_url, notify_batch_size=1)
+        await worker.run_once()  # a failure, retried
+        receiver.status = 204
+        await worker.run_once()  # a delivery
+        await worker_factory("http://127.0.0.1:9/down?token=t0ken-in-the-url").run_once()
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+
+    logged = buffer.getvalue()
+    assert "notification_retry_scheduled" in logged
+    assert "notification_delivered" in logged
+    for secret in ("t0ken-in-the-url", "+1 555 0100", "Ada", "mortgage", "127.0.0.1:"):
+        assert secret not in logged
 
 
 # --- a receiver that answers a byte a second --------------------------------------------
