@@ -19,6 +19,7 @@ from app.settings import Settings
 
 HEADER_TIMEOUT_S = 1.0
 MAX_HEADER_BYTES = 16_384
+CONCURRENCY = 6
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,7 @@ def server(
         folder,
         HTTP_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
         HTTP_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
+        HTTP_LIMIT_CONCURRENCY=str(CONCURRENCY),
         LOG_LEVEL="WARNING",
     ) as (process, base_url):
         port = urlsplit(base_url).port
@@ -175,3 +177,22 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_header_time(
 
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert held_s < HEADER_TIMEOUT_S + 1.5
+
+
+def test_past_the_concurrency_limit_new_requests_get_503(server: tuple[int, int]) -> None:
+    _, port = server
+    held = [connect(port) for _ in range(CONCURRENCY)]
+    try:
+        with connect(port) as connection:
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n")
+            answer = read_until_closed(connection, timeout_s=5)
+    finally:
+        for connection in held:
+            connection.close()
+    time.sleep(0.2)
+    with connect(port) as connection:
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n")
+        after = connection.recv(65536)
+
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    assert after.startswith(b"HTTP/1.1 200 ")
