@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 import ssl
 from dataclasses import dataclass
@@ -131,6 +132,20 @@ def split_api_key(entry: str) -> tuple[str, str]:
     return name, key
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a URL's host is this machine: localhost, 127.0.0.0/8 or ::1."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
 def _split_csv(value: Any) -> Any:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -165,8 +180,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "console"] = "console"
     workers: int = Field(default=1, ge=1, le=256)
-    # Escalation notifications (README, "Escalation notifications"). The secret comes
-    # first so the URL's validator can see it.
+    # What one client may hold of a worker (README, "Deployment").
+    http_max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
+    http_header_timeout_s: float = Field(default=10, gt=0, le=300)
+    http_keep_alive_s: int = Field(default=5, ge=1, le=3600)
+    http_limit_concurrency: int = Field(default=512, ge=1, le=100_000)
+    # Escalation notifications (README, "Escalation notifications"). The secret and the
+    # http:// switch come first so the URL's validator can see them.
+    webhook_allow_http: bool = False
     notify_webhook_secret: SecretStr | None = None
     notify_webhook_url: SecretStr | None = None
     notify_max_attempts: int = Field(default=12, ge=1, le=100)
@@ -175,7 +196,8 @@ class Settings(BaseSettings):
     notify_poll_interval_s: float = Field(default=2, gt=0, le=3600)
     notify_batch_size: int = Field(default=20, ge=1, le=500)
     notify_timeout_s: float = Field(default=5, gt=0, le=60)
-    notify_lease_s: float = Field(default=60, gt=0, le=3600)
+    # Validated even when left at its default, since NOTIFY_TIMEOUT_S may have moved.
+    notify_lease_s: float = Field(default=60, gt=0, le=3600, validate_default=True)
     notify_worker: bool = False
     # Card numbers and SSNs replaced before any message or escalation text is stored.
     redact: Annotated[frozenset[str], NoDecode] = ALL_KINDS
@@ -260,8 +282,20 @@ class Settings(BaseSettings):
             url = httpx.URL(raw)
         except (httpx.InvalidURL, ValueError):
             url = None
+        name = info.field_name.upper()
         if url is None or url.scheme not in {"http", "https"} or not url.host:
-            raise ConfigError("NOTIFY_WEBHOOK_URL: must be an http:// or https:// URL")
+            raise ConfigError(f"{name}: must be an http:// or https:// URL")
+        # Escalation payloads carry members' names, emails and phones: in clear text only
+        # to this machine, unless the operator says otherwise.
+        if (
+            url.scheme == "http"
+            and not is_loopback_host(url.host)
+            and not info.data.get("webhook_allow_http")
+        ):
+            raise ConfigError(
+                f"{name}: http:// is only accepted for a loopback host (payloads carry "
+                "members' contact details); use https:// or set WEBHOOK_ALLOW_HTTP=true"
+            )
         if info.data.get("notify_webhook_secret") is None:
             raise ConfigError("NOTIFY_WEBHOOK_URL: is set but NOTIFY_WEBHOOK_SECRET is not")
         return SecretStr(raw)

@@ -283,7 +283,16 @@ GRANT USAGE ON SCHEMA public TO anon, authenticated;
 GRANT ALL ON ALL TABLES IN SCHEMA public TO anon, authenticated;
 GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO anon, authenticated;
 """
-SERVICE_TABLES = ("users", "conversations", "messages", "escalations", "alembic_version")
+SERVICE_TABLES = (
+    "users",
+    "conversations",
+    "messages",
+    "escalations",
+    "notification_events",
+    "staff",
+    "escalation_audit",
+    "alembic_version",
+)
 
 
 @pytest.fixture
@@ -305,10 +314,14 @@ async def supabase_like(own_postgres: Any) -> AsyncIterator[asyncpg.Connection]:
         "INSERT INTO messages (conversation_id, role, content) VALUES ($1, 'user', 'hi')",
         conversation_id,
     )
-    await connection.execute(
+    escalation_id = await connection.fetchval(
         "INSERT INTO escalations (conversation_id, issue_type, original_request)"
-        " VALUES ($1, 'loan', 'help')",
+        " VALUES ($1, 'loan', 'help') RETURNING id",
         conversation_id,
+    )
+    await connection.execute(
+        "INSERT INTO notification_events (escalation_id, type) VALUES ($1, 'escalation.created')",
+        escalation_id,
     )
     try:
         yield connection
