@@ -1,4 +1,5 @@
-"""The ORM tables (users, conversations, messages, escalations, the outbox), SQLAlchemy 2."""
+"""The ORM tables (users, conversations, messages, escalations, the outbox, the member
+message windows), SQLAlchemy 2."""
 
 from __future__ import annotations
 
@@ -201,3 +202,18 @@ class NotificationEvent(Base):
         # The staff list by status, oldest first, and /stats' oldest pending event.
         Index("ix_notification_events_status_created_at_id", "status", "created_at", "id"),
     )
+
+
+class MemberMessageWindow(Base):
+    """The member message rate limit: how many messages a conversation's member sent in
+    the window that opened at `window_start` (app.repositories.messages)."""
+
+    __tablename__ = "member_message_windows"
+
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    messages: Mapped[int] = mapped_column(Integer)

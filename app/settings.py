@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import ssl
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -13,6 +14,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from app.schemas import ISSUE_TYPE_PATTERN
+
 PoolerMode = Literal["auto", "transaction", "direct"]
 
 SUPABASE_POOLER_PORT = 6543
@@ -21,6 +24,7 @@ SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 # Query parameters we translate; anything else is refused rather than passed to asyncpg,
 # which would fail later with an obscure TypeError.
 KNOWN_QUERY_PARAMETERS = {"sslmode", "ssl", "pgbouncer", "sslrootcert", "host"}
+ISSUE_TYPE = re.compile(ISSUE_TYPE_PATTERN)
 
 
 class ConfigError(ValueError):
@@ -148,11 +152,26 @@ class Settings(BaseSettings):
     notify_timeout_s: float = Field(default=5, gt=0, le=60)
     notify_lease_s: float = Field(default=60, gt=0, le=3600)
     notify_worker: bool = False
+    # Abuse limits (README, "Abuse limits").
+    escalations_open_max: int = Field(default=3, ge=1, le=100)
+    escalation_issue_types: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    member_messages_per_minute: int = Field(default=30, ge=1, le=10_000)
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "escalation_issue_types", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator("escalation_issue_types")
+    @classmethod
+    def _issue_types(cls, value: list[str]) -> list[str]:
+        for issue_type in value:
+            if not ISSUE_TYPE.fullmatch(issue_type):
+                raise ConfigError(
+                    f"ESCALATION_ISSUE_TYPES: {issue_type[:60]!r} is not a lower-case slug "
+                    "(a letter, then up to 49 of a-z, 0-9, _)"
+                )
+        return list(dict.fromkeys(value))
 
     @field_validator("log_level", mode="before")
     @classmethod
