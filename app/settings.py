@@ -152,7 +152,7 @@ class Settings(BaseSettings):
     notify_timeout_s: float = Field(default=5, gt=0, le=60)
     notify_lease_s: float = Field(default=60, gt=0, le=3600)
     notify_worker: bool = False
-    # Abuse limits (README, "Abuse limits").
+    # Member abuse limits (README, Configuration; docs/API.md).
     escalations_open_max: int = Field(default=3, ge=1, le=100)
     escalation_issue_types: Annotated[list[str], NoDecode] = Field(default_factory=list)
     member_messages_per_minute: int = Field(default=30, ge=1, le=10_000)
