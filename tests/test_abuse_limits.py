@@ -460,3 +460,45 @@ def test_the_limits_have_their_shipped_defaults() -> None:
     assert defaults.escalations_open_max == DEFAULT_OPEN_MAX
     assert defaults.member_messages_per_minute == DEFAULT_MESSAGES_PER_MINUTE
     assert defaults.escalation_issue_types == []
+
+
+@pytest.mark.parametrize("tail", ["messages", "escalations", "contact"])
+async def test_a_body_cut_short_is_answered_499_and_not_counted_as_5xx(
+    database_url: str, tail: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with _app_client(database_url) as (application, client):
+        session_id = await _new_session(client)
+        arriving = [
+            {"type": "http.request", "body": b'{"content": "cut sho', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+
+        async def receive() -> dict[str, Any]:
+            return arriving.pop(0) if arriving else {"type": "http.disconnect"}
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "PATCH" if tail == "contact" else "POST",
+            "scheme": "http",
+            "path": f"{API}/sessions/{session_id}/{tail}",
+            "raw_path": f"{API}/sessions/{session_id}/{tail}".encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"500")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("test", 80),
+        }
+        errors_before = application.state.api_counters.errors_5xx
+        with caplog.at_level(logging.INFO):
+            await application(scope, receive, send)
+        assert sent[0]["status"] == 499
+        assert application.state.api_counters.errors_5xx == errors_before
+        assert "client_abort" in [record.getMessage() for record in caplog.records]
+        assert not [record for record in caplog.records if record.exc_info]
