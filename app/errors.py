@@ -8,10 +8,14 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import exc as sa_exc
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("app.errors")
+
+# The status logged and counted for a request whose client left mid-body (never sent).
+CLIENT_CLOSED_REQUEST = 499
 
 
 class DomainError(Exception):
@@ -42,6 +46,16 @@ class Unprocessable(DomainError):
     """Well-formed input the current state refuses (e.g. an Idempotency-Key reused)."""
 
     status_code = 422
+
+
+class TooManyRequests(DomainError):
+    """A member limit is reached; the client may try again after `retry_after_s` seconds."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = max(1, retry_after_s)
 
 
 class DatabaseUnavailable(Exception):
@@ -135,7 +149,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DomainError)
     async def _domain(_: Request, error: DomainError) -> JSONResponse:
-        return JSONResponse(_body(error.detail), status_code=error.status_code)
+        headers = (
+            {"Retry-After": str(error.retry_after_s)}
+            if isinstance(error, TooManyRequests)
+            else None
+        )
+        return JSONResponse(_body(error.detail), status_code=error.status_code, headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_abort(request: Request, _: ClientDisconnect) -> Response:
+        # The client went away before its body arrived: nothing was done, nobody is left
+        # to answer. 499 (nginx's "client closed request") keeps it out of the 5xx counts.
+        log.info("client_abort", extra={"path_template": _template(request)})
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:

@@ -5,8 +5,9 @@ POST /api/v1/sessions/{id}/messages are most of a chat backend's traffic. When s
 request is plainly valid, this ASGI layer answers it with one statement on a pooled
 asyncpg connection and an orjson body: the same SQL as the repositories, the same
 status codes and bodies as the FastAPI routes (tests compare the two byte for byte).
-Anything else (a 404, a malformed query, an odd body, an idempotent replay, an archived
-conversation, a pooled connection behind a transaction pooler) is handed to FastAPI,
+Anything else (a 404, a malformed query, an odd body, two Content-Type headers, an
+idempotent replay, an archived conversation, a member over the message rate limit, a
+pooled connection behind a transaction pooler) is handed to FastAPI,
 which stays the one definition of the API, its validation and its OpenAPI document.
 
 Behind a transaction pooler this layer stands aside: there every statement must run in
@@ -26,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import jsonbody
 from app.errors import (
     UNAVAILABLE_DETAIL,
     UNAVAILABLE_RETRY_AFTER_S,
@@ -108,11 +110,13 @@ class HotPaths:
         engine: Callable[[], AsyncEngine | None],
         message_max_chars: int,
         redact_kinds: frozenset[str],
+        member_messages_per_minute: int,
     ) -> None:
         self.app = app
         self.engine = engine
         self.message_max_chars = message_max_chars
         self.redact_kinds = redact_kinds
+        self.member_messages_per_minute = member_messages_per_minute
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -210,7 +214,12 @@ class HotPaths:
 
         async def append(connection: Any) -> Any:
             return await connection.fetchrow(
-                APPEND_BY_SESSION, session_id, "user", content, idempotency_key, None
+                APPEND_BY_SESSION,
+                session_id,
+                "user",
+                content,
+                idempotency_key,
+                self.member_messages_per_minute,
             )
 
         try:
@@ -227,8 +236,9 @@ class HotPaths:
             await _respond(send, 503, _UNAVAILABLE, _RETRY_AFTER)
             return
         if row is None or row["id"] is None:
-            # Unknown session, archived conversation or a replay: all decided by FastAPI
-            # (the replay reads the original; nothing was written here).
+            # Unknown session, archived conversation, a replay or the member's rate limit
+            # reached: all decided by FastAPI, which runs the same statement again (the
+            # replay reads the original; nothing was written or counted here).
             await self.app(scope, replay, send)
             return
         report(redactions, table="messages")
@@ -237,20 +247,22 @@ class HotPaths:
     def _plain_message(self, scope: Scope, body: bytes, more: bool) -> tuple[str, str | None]:
         if more:
             raise _HandOver
-        content_type = b""
+        content_type: bytes | None = None
         idempotency_key: str | None = None
         for name, value in scope["headers"]:
             if name == b"content-type":
+                if content_type is not None:  # two: FastAPI refuses the ambiguity
+                    raise _HandOver
                 content_type = value
             elif name == b"idempotency-key":
                 if idempotency_key is not None or not 1 <= len(value) <= 255:
                     raise _HandOver
                 idempotency_key = value.decode("latin-1")
-        if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
+        if (content_type or b"").split(b";", 1)[0].strip().lower() != b"application/json":
             raise _HandOver
         try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            parsed = jsonbody.loads(body)
+        except (jsonbody.JSONInvalid, jsonbody.JSONTooDeep):
             raise _HandOver from None
         if not isinstance(parsed, dict) or len(parsed) != 1:
             raise _HandOver

@@ -1,4 +1,5 @@
-"""The ORM tables (users, conversations, messages, escalations, the outbox, staff)."""
+"""The ORM tables: users, conversations, messages, escalations, the outbox, the member
+message windows, staff and the escalation audit trail (SQLAlchemy 2)."""
 
 from __future__ import annotations
 
@@ -271,3 +272,18 @@ class EscalationAudit(Base):
         CheckConstraint(_in_list("action", AUDIT_ACTIONS), name="action"),
         Index("ix_escalation_audit_escalation_id_id", "escalation_id", "id"),
     )
+
+
+class MemberMessageWindow(Base):
+    """The member message rate limit: how many messages a conversation's member sent in
+    the window that opened at `window_start` (app.repositories.messages)."""
+
+    __tablename__ = "member_message_windows"
+
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    messages: Mapped[int] = mapped_column(Integer)

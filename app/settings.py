@@ -16,6 +16,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from app.redact import ALL_KINDS, parse_kinds
+from app.schemas import ISSUE_TYPE_PATTERN
 
 PoolerMode = Literal["auto", "transaction", "direct"]
 
@@ -25,6 +26,7 @@ SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 # Query parameters we translate; anything else is refused rather than passed to asyncpg,
 # which would fail later with an obscure TypeError.
 KNOWN_QUERY_PARAMETERS = {"sslmode", "ssl", "pgbouncer", "sslrootcert", "host"}
+ISSUE_TYPE = re.compile(ISSUE_TYPE_PATTERN)
 
 
 class ConfigError(ValueError):
@@ -201,8 +203,12 @@ class Settings(BaseSettings):
     notify_worker: bool = False
     # Card numbers and SSNs replaced before any message or escalation text is stored.
     redact: Annotated[frozenset[str], NoDecode] = ALL_KINDS
+    # Member abuse limits (README, Configuration; docs/API.md).
+    escalations_open_max: int = Field(default=3, ge=1, le=100)
+    escalation_issue_types: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    member_messages_per_minute: int = Field(default=30, ge=1, le=10_000)
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "escalation_issue_types", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -229,6 +235,17 @@ class Settings(BaseSettings):
                 raise ConfigError("API_KEYS: the same key is listed twice")
             keys.add(key)
         return value
+
+    @field_validator("escalation_issue_types")
+    @classmethod
+    def _issue_types(cls, value: list[str]) -> list[str]:
+        for issue_type in value:
+            if not ISSUE_TYPE.fullmatch(issue_type):
+                raise ConfigError(
+                    f"ESCALATION_ISSUE_TYPES: {issue_type[:60]!r} is not a lower-case slug "
+                    "(a letter, then up to 49 of a-z, 0-9, _)"
+                )
+        return list(dict.fromkeys(value))
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -152,9 +152,15 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+# The shared app's member limits are raised: many tests post a conversation's worth of
+# messages or escalations at once. tests/test_abuse_limits.py checks the shipped defaults
+# on apps of its own.
+ROOMY_LIMITS: dict[str, Any] = {"member_messages_per_minute": 10_000, "escalations_open_max": 100}
+
+
 @pytest.fixture(scope="session")
 def settings(database_url: str, migration_url: str) -> Settings:
-    return make_settings(database_url, database_migration_url=migration_url)
+    return make_settings(database_url, database_migration_url=migration_url, **ROOMY_LIMITS)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.migrations import alembic_config, head_revision, revisions_between, upgrade_to_head
 
-ALL_TABLES = ("users", "conversations", "messages", "escalations", "alembic_version")
+ALL_TABLES = (
+    "users",
+    "conversations",
+    "messages",
+    "escalations",
+    "member_message_windows",
+    "alembic_version",
+)
 
 
 @pytest.fixture

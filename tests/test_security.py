@@ -291,6 +291,7 @@ SERVICE_TABLES = (
     "notification_events",
     "staff",
     "escalation_audit",
+    "member_message_windows",
     "alembic_version",
 )
 

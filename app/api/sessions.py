@@ -13,6 +13,7 @@ from app.api.deps import (
     StrictJSONRoute,
     check_content_length,
     check_exclusive_cursors,
+    check_issue_type,
     error_responses,
 )
 from app.db import SessionDep
@@ -117,7 +118,7 @@ async def verify_identity(
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"model": Message, "description": "Idempotent replay of the original message"},
-        **error_responses(404, 409),
+        **error_responses(404, 409, 429),
     },
     summary="Send a member message",
 )
@@ -129,7 +130,8 @@ async def send_message(
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> Message:
-    """Append a `user` message. Archived conversations refuse new messages (409)."""
+    """Append a `user` message. Archived conversations refuse new messages (409); more
+    than MEMBER_MESSAGES_PER_MINUTE in a minute → 429 (a replay does not count)."""
     check_content_length(settings, body.content)
     row, created = await messages.append(
         db,
@@ -138,6 +140,7 @@ async def send_message(
         content=body.content,
         idempotency_key=idempotency_key,
         redact_kinds=settings.redact,
+        per_minute=settings.member_messages_per_minute,
     )
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -169,7 +172,7 @@ async def read_messages(
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"model": EscalationSummary, "description": "The open escalation already existed"},
-        **error_responses(404, 409),
+        **error_responses(404, 409, 429),
     },
     summary="Ask for a human",
 )
@@ -180,8 +183,11 @@ async def escalate(
     body: EscalationCreate,
     response: Response,
 ) -> EscalationSummary:
-    """Hand the case to staff; the same unresolved issue type again returns the first (200)."""
+    """Hand the case to staff; the same unresolved issue type again returns the first (200).
+    At most ESCALATIONS_OPEN_MAX unresolved at once (429 beyond); with
+    ESCALATION_ISSUE_TYPES set, only those issue types."""
     check_content_length(settings, body.original_request, "original_request")
+    check_issue_type(settings, body.issue_type)
     contact = body.contact_info.model_dump(exclude_none=True) if body.contact_info else None
     escalation, created = await escalations.open_escalation(
         db,
@@ -190,6 +196,7 @@ async def escalate(
         original_request=body.original_request,
         contact_info=contact,
         redact_kinds=settings.redact,
+        open_max=settings.escalations_open_max,
     )
     if not created:
         response.status_code = status.HTTP_200_OK
