@@ -95,7 +95,8 @@ def _json(value: Any) -> str:
 class Event:
     """A numbered event with what the streams send for it, built once for all of them."""
 
-    position: int
+    log_id: int
+    position: int | None
     type: str
     conversation_id: uuid.UUID
     # The service stream's `data`; None when the row it points to is gone (erased).
@@ -142,6 +143,7 @@ def build_events(
                 member = ("escalation", _json(summary))
         built.append(
             Event(
+                log_id=row.id,
                 position=row.position,
                 type=row.type,
                 conversation_id=row.conversation_id,
@@ -199,6 +201,8 @@ class EventHub:
         self._tasks: list[asyncio.Task[None]] = []
         self._listen_connection: asyncpg.Connection | None = None
         self._last_purge = 0.0
+        # Log ids already handed to member streams before they were numbered.
+        self._early: set[int] = set()
 
     @property
     def open_streams(self) -> int:
@@ -292,9 +296,31 @@ class EventHub:
             for stream in list(self._service):
                 if stream.types is None or event.type in stream.types:
                     self._offer(stream, event)
+        if event.log_id in self._early:
+            self._early.discard(event.log_id)
+            return
+        self._fan_out_to_members(event)
+
+    def _fan_out_to_members(self, event: Event) -> None:
         for stream in list(self._member.get(event.conversation_id, ())):
             if event.type == "message.created" or event.member_event is not None:
                 self._offer(stream, event)
+
+    async def _early_members(self, session: AsyncSession) -> None:
+        # Member streams follow messages.seq, which is gap-free on its own, so they need
+        # not wait for the sequencer (which waits for every older write transaction on
+        # the server): committed rows not yet numbered go to them now, once.
+        async with session.begin():
+            rows = await event_log.read_unsequenced(session, limit=READ_BATCH)
+            fresh = [
+                row
+                for row in rows
+                if row.id not in self._early and row.conversation_id in self._member
+            ]
+            built = await load_events(session, fresh) if fresh else []
+        for event in built:
+            self._early.add(event.log_id)
+            self._fan_out_to_members(event)
 
     async def dispatch(self) -> bool:
         """Sequence, then hand every newly numbered event to the streams; True when rows
@@ -302,6 +328,8 @@ class EventHub:
         async with self.sessionmaker() as session:
             async with session.begin():
                 waiting = await event_log.sequence(session)
+            if waiting and self._member:
+                await self._early_members(session)
             if self.position is None:
                 # First run: streams see what happens from now on.
                 async with session.begin():
@@ -317,7 +345,7 @@ class EventHub:
                     built = await load_events(session, rows) if self.open_streams else []
                 for event in built:
                     self._fan_out(event)
-                self.position = rows[-1].position
+                self.position = int(rows[-1].position)
                 if len(rows) < READ_BATCH:
                     break
         return waiting
@@ -329,7 +357,8 @@ class EventHub:
     async def _run(self) -> None:
         retry_s: float | None = None
         while True:
-            timeout = self._tick_s() if retry_s is None else min(retry_s, self._tick_s())
+            poll_s = self.settings.sse_poll_ms / 1000
+            timeout = self._tick_s() if retry_s is None else min(retry_s, poll_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()

@@ -76,7 +76,7 @@ class SseReader:
         self.response = response
         self._lines = response.aiter_lines()
 
-    async def next(self, wait_s: float = 10) -> SseEvent:
+    async def next(self, wait_s: float = 20) -> SseEvent:
         """The next dispatched block: an event, a retry field or comments."""
         return await asyncio.wait_for(self._next(), wait_s)
 
@@ -105,14 +105,14 @@ class SseReader:
                 current.retry = int(value)
         raise EOFError("stream ended")
 
-    async def next_event(self, wait_s: float = 10) -> SseEvent:
+    async def next_event(self, wait_s: float = 20) -> SseEvent:
         """The next real event, skipping pings and the retry field."""
         while True:
             block = await self.next(wait_s)
             if block.event is not None or block.data:
                 return block
 
-    async def events(self, count: int, wait_s: float = 10) -> list[SseEvent]:
+    async def events(self, count: int, wait_s: float = 20) -> list[SseEvent]:
         """The next `count` real events."""
         return [await self.next_event(wait_s) for _ in range(count)]
 

@@ -31,8 +31,20 @@ async def live(stream_settings: Settings) -> AsyncIterator[LiveServer]:
 
 @pytest.fixture
 async def http(live: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=live.base_url, timeout=10) as client:
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=30) as client:
         yield client
+
+
+async def _own_events(reader: Any, conversation_id: str | set[str], count: int) -> list[Any]:
+    """The next `count` service events of one conversation (earlier tests' events can be
+    numbered late, after a stream opened, while another transaction on the server runs)."""
+    wanted = {conversation_id} if isinstance(conversation_id, str) else conversation_id
+    found = []
+    while len(found) < count:
+        event = await reader.next_event()
+        if event.json().get("conversation_id") in wanted:
+            found.append(event)
+    return found
 
 
 async def _session(http: httpx.AsyncClient) -> dict[str, Any]:
@@ -183,11 +195,7 @@ async def test_service_stream_sends_each_event_type_with_increasing_positions(
             headers=SERVICE_HEADERS,
         )
         assert response.status_code == 200
-        events = [
-            event
-            for event in await reader.events(4)
-            if event.json()["conversation_id"] == conversation_id
-        ]
+        events = await _own_events(reader, conversation_id, 4)
     assert [event.event for event in events] == [
         "message.created",
         "escalation.created",
@@ -216,20 +224,21 @@ async def test_service_stream_sends_each_event_type_with_increasing_positions(
 async def test_service_stream_filters_by_type_and_resumes_from_last_event_id(
     http: httpx.AsyncClient,
 ) -> None:
-    sid = (await _session(http))["session_id"]
+    session = await _session(http)
+    sid = session["session_id"]
     path = f"{API}/events?types=message.created"
     async with open_stream(http, path, SERVICE_HEADERS) as reader:
         await _escalate(http, sid)
         first = await _say(http, sid, "one")
-        event = await reader.next_event()
+        (event,) = await _own_events(reader, session["conversation_id"], 1)
     assert event.event == "message.created" and event.json()["message"] == first
     # Written while no stream is open; the resumed stream gets them once, in order.
     missed = [await _say(http, sid, f"missed {number}") for number in range(3)]
     headers = {**SERVICE_HEADERS, "Last-Event-ID": event.id or ""}
     async with open_stream(http, path, headers) as reader:
-        resumed = await reader.events(3)
+        resumed = await _own_events(reader, session["conversation_id"], 3)
         live = await _say(http, sid, "live")
-        after = await reader.next_event()
+        (after,) = await _own_events(reader, session["conversation_id"], 1)
         assert await reader.nothing_within(0.3)
     assert [item.json()["message"] for item in resumed] == missed
     assert after.json()["message"] == live
@@ -261,7 +270,7 @@ async def test_an_event_whose_transaction_commits_late_still_reaches_a_resumed_r
     other = await _session(http)
     async with open_stream(http, f"{API}/events?types=message.created", SERVICE_HEADERS) as reader:
         await _say(http, other["session_id"], "before")
-        start = await reader.next_event()
+        (start,) = await _own_events(reader, other["conversation_id"], 1)
     ready, release = asyncio.Event(), asyncio.Event()
     # A takes its event row (and a lower id) first and stays open; B commits after it.
     writer = asyncio.create_task(
@@ -277,9 +286,10 @@ async def test_an_event_whose_transaction_commits_late_still_reaches_a_resumed_r
     async with open_stream(http, f"{API}/events?types=message.created", headers) as reader:
         release.set()
         await writer
-        received = await reader.events(2)
+        both = {held["conversation_id"], other["conversation_id"]}
+        received = await _own_events(reader, both, 2)
         final = await _say(http, other["session_id"], "after")
-        last = await reader.next_event()
+        (last,) = await _own_events(reader, both, 1)
         assert await reader.nothing_within(0.3)
     contents = {event.json()["message"]["content"] for event in received}
     assert contents == {"held back", "committed first"}
@@ -329,11 +339,13 @@ async def test_readers_resuming_at_random_points_under_a_concurrent_writer_miss_
 async def test_service_readers_resuming_under_concurrent_writers_see_every_event_once(
     http: httpx.AsyncClient,
 ) -> None:
-    sessions = [(await _session(http))["session_id"] for _ in range(3)]
+    opened = [await _session(http) for _ in range(3)]
+    sessions = [item["session_id"] for item in opened]
+    ours = {item["conversation_id"] for item in opened}
     per_writer = 25
     async with open_stream(http, f"{API}/events?types=message.created", SERVICE_HEADERS) as r:
         await _say(http, sessions[0], "start")
-        start = await r.next_event()
+        (start,) = await _own_events(r, ours, 1)
 
     async def write(sid: str) -> None:
         for number in range(per_writer):
@@ -350,7 +362,7 @@ async def test_service_readers_resuming_under_concurrent_writers_see_every_event
                 for _ in range(chance.randint(1, 30)):
                     if len(seen) >= 3 * per_writer:
                         break
-                    event = await reader.next_event(15)
+                    (event,) = await _own_events(reader, ours, 1)
                     seen.append(int(event.id or 0))
                     headers = {**SERVICE_HEADERS, "Last-Event-ID": event.id or ""}
         return seen

@@ -278,7 +278,7 @@ async def _service_body(
         live = await stream.next()
         if live is None:
             return
-        if live.position <= last or live.service_data is None:
+        if live.position is None or live.position <= last or live.service_data is None:
             continue  # already sent while catching up
         last = live.position
         yield ServerSentEvent(

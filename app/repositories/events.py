@@ -83,7 +83,7 @@ async def oldest_position(session: AsyncSession) -> int | None:
 
 
 _AFTER = """
-SELECT position, type, conversation_id, subject_id, status, created_at
+SELECT id, position, type, conversation_id, subject_id, status, created_at
 FROM event_log WHERE position > :after {types}
 ORDER BY position LIMIT :limit
 """
@@ -105,6 +105,17 @@ async def read_after(
 
 
 # MESSAGE_COLUMNS is a constant: one definition of what a Message row holds.
+_UNSEQUENCED = text(
+    "SELECT id, position, type, conversation_id, subject_id, status, created_at "
+    "FROM event_log WHERE position IS NULL ORDER BY id LIMIT :limit"
+)
+
+
+async def read_unsequenced(session: AsyncSession, *, limit: int) -> Sequence[Record]:
+    """Committed rows still waiting for a position (the member streams' early look)."""
+    return (await session.execute(_UNSEQUENCED, {"limit": limit})).all()
+
+
 _MESSAGES_AFTER = text(
     f"SELECT {MESSAGE_COLUMNS} FROM messages "  # noqa: S608 - a constant column list
     "WHERE conversation_id = :conversation_id AND seq > :after ORDER BY seq LIMIT :limit"
