@@ -30,13 +30,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import asyncpg
-import orjson
 from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.event_schemas import (
+    ConversationStatusData,
+    ConversationUpdatedData,
+    EscalationEventData,
+    MessageCreatedData,
+)
 from app.repositories import Record
 from app.repositories import events as event_log
-from app.schemas import EscalationSummary, Message
+from app.schemas import ApiModel, EscalationSummary, Message
 from app.settings import DatabaseTarget, Settings
 
 log = logging.getLogger("app.events")
@@ -87,10 +92,6 @@ class TooManyStreams(Exception):
     """SSE_MAX_STREAMS streams are already open in this process."""
 
 
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
 @dataclass(eq=False)
 class Event:
     """A numbered event with what the streams send for it, built once for all of them."""
@@ -113,41 +114,34 @@ def build_events(
     """Turn event log rows and the rows they point to into stream events."""
     built: list[Event] = []
     for row in rows:
-        base: dict[str, Any] = {
-            "type": row.type,
-            "at": row.created_at.isoformat(),
-            "conversation_id": str(row.conversation_id),
-        }
-        service: dict[str, Any] | None = None
+        common: dict[str, Any] = {"at": row.created_at, "conversation_id": row.conversation_id}
+        service: ApiModel | None = None
         member: tuple[str, str] | None = None
         if row.type == "message.created":
             message = messages.get(row.subject_id)
             if message is not None:
-                service = {
-                    **base,
-                    "message": Message.model_validate(message).model_dump(mode="json"),
-                }
+                service = MessageCreatedData(message=Message.model_validate(message), **common)
         elif row.type == "conversation.updated":
-            service = {**base, "status": row.status}
-            member = ("conversation", _json({"status": row.status}))
+            service = ConversationUpdatedData(status=row.status, **common)
+            member = ("conversation", ConversationStatusData(status=row.status).model_dump_json())
         else:
             escalation = escalations.get(row.subject_id)
             if escalation is not None:
-                summary = EscalationSummary.model_validate(escalation).model_dump(mode="json")
                 # As of the event, even if it has moved again since: its status, and its
                 # updated_at, which the same transaction set to the event's now().
-                summary["status"] = row.status
-                summary["updated_at"] = row.created_at.isoformat()
+                summary = EscalationSummary.model_validate(escalation).model_copy(
+                    update={"status": row.status, "updated_at": row.created_at}
+                )
                 # Staff assignment does not exist yet; the field is part of the shape.
-                service = {**base, "escalation": summary, "assignee_id": None}
-                member = ("escalation", _json(summary))
+                service = EscalationEventData(type=row.type, escalation=summary, **common)
+                member = ("escalation", summary.model_dump_json())
         built.append(
             Event(
                 log_id=row.id,
                 position=row.position,
                 type=row.type,
                 conversation_id=row.conversation_id,
-                service_data=None if service is None else _json(service),
+                service_data=None if service is None else service.model_dump_json(),
                 member_event=member,
             )
         )
@@ -356,6 +350,7 @@ class EventHub:
 
     async def _run(self) -> None:
         retry_s: float | None = None
+        self._wake.set()  # the first run at once: it fixes where this process starts
         while True:
             poll_s = self.settings.sse_poll_ms / 1000
             timeout = self._tick_s() if retry_s is None else min(retry_s, poll_s)
@@ -394,12 +389,14 @@ class EventHub:
                 if connected_before:
                     LISTEN_RECONNECTS.inc()
                     log.info("events_listen_reconnected")
-                connected_before = True
                 self.listening = True
                 self._listen_connection = connection
                 delay = RECONNECT_FIRST_S
-                # Whatever committed while we were not listening is read now.
-                self._wake.set()
+                if connected_before:
+                    # Whatever committed while we were not listening is read now (the
+                    # dispatcher's own first run covers the first connection).
+                    self._wake.set()
+                connected_before = True
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), LISTEN_CHECK_S)

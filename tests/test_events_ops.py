@@ -15,7 +15,6 @@ import httpx
 import pytest
 from conftest import asyncpg_dsn, make_settings
 from ops_support import running_server
-from sqlalchemy.engine import make_url
 from stream_support import SERVICE_HEADERS, live_server, open_stream
 
 from app.events import LISTEN_RECONNECTS, STREAMS_CUT, EventHub, purge_expired
@@ -150,14 +149,14 @@ async def test_behind_a_pooler_without_a_direct_url_streams_poll_and_say_so(
                 assert event["message"] == message
 
 
-async def _terminate_listener(url: str) -> int:
+async def _terminate(url: str, pid: int) -> bool:
     connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        return int(
+        return bool(
             await connection.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = 'member-support-listen' AND datname = $1",
-                make_url(url).database,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE pid = $1 AND application_name = 'member-support-listen'",
+                pid,
             )
         )
     finally:
@@ -179,7 +178,8 @@ async def test_a_killed_listen_connection_reconnects_and_streams_lose_nothing(
         async with open_stream(http, f"{API}/sessions/{sid}/events") as reader:
             before = await _say(http, sid, "before")
             assert (await reader.next_event()).json() == before
-            assert await _terminate_listener(migration_url) == 1
+            assert hub._listen_connection is not None
+            assert await _terminate(migration_url, hub._listen_connection.get_server_pid())
             during = [await _say(http, sid, f"during {number}") for number in range(3)]
             await _until(lambda: LISTEN_RECONNECTS._value.get() == reconnects + 1)
             after = await _say(http, sid, "after")

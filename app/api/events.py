@@ -13,6 +13,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
 from app.api.deps import SessionIdDep, error_responses, require_service_key
+from app.event_schemas import MEMBER_EVENTS, SERVICE_EVENTS, ResetData, openapi_stream
 from app.events import (
     END_GRACE_S,
     EVENT_TYPES,
@@ -125,13 +126,13 @@ EVENTS_DESCRIPTION = (
 @router.get(
     "/sessions/{session_id}/events",
     response_class=StreamResponse,
+    status_code=200,
     responses={
-        200: {
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
-            "description": EVENTS_DESCRIPTION
-            + " Events: `message` (id = seq, data = Message), `conversation` (data = "
-            "{status}, no id), `escalation` (data = EscalationSummary, no id).",
-        },
+        200: openapi_stream(
+            MEMBER_EVENTS,
+            EVENTS_DESCRIPTION + " Events: `message` (id = seq, data = Message), `conversation` "
+            "(data = {status}, no id), `escalation` (data = EscalationSummary, no id).",
+        ),
         **error_responses(404),
     },
     summary="Stream a session's messages and status changes",
@@ -211,15 +212,16 @@ def _types(raw: str | None) -> frozenset[str] | None:
 @router.get(
     "/events",
     response_class=StreamResponse,
+    status_code=200,
     dependencies=[Depends(require_service_key)],
     responses={
-        200: {
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
-            "description": EVENTS_DESCRIPTION
-            + " Events: `message.created`, `conversation.updated`, `escalation.created`, "
-            "`escalation.updated`, each with id = its position and data = {type, at, "
-            "conversation_id, ...}; `reset` when the resume position is past retention.",
-        },
+        200: openapi_stream(
+            SERVICE_EVENTS,
+            EVENTS_DESCRIPTION + " Events: `message.created`, `conversation.updated`, "
+            "`escalation.created`, `escalation.updated`, each with id = its position and "
+            "data = {type, at, conversation_id, ...}; `reset` when the resume position is "
+            "older than the retained log.",
+        ),
         **error_responses(401),
     },
     summary="Stream every conversation's events (service)",
@@ -256,7 +258,9 @@ async def _service_body(
         # must refetch its state, then follows from the newest position.
         if (oldest is None and resume < newest) or (oldest is not None and resume + 1 < oldest):
             last = newest
-            yield ServerSentEvent(data='{"type":"reset"}', event="reset", id=str(newest), sep="\n")
+            yield ServerSentEvent(
+                data=ResetData().model_dump_json(), event="reset", id=str(newest), sep="\n"
+            )
             EVENTS_SENT.labels("service").inc()
         while True:
             async with sessionmaker() as session, session.begin():
