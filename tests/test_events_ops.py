@@ -278,3 +278,30 @@ def test_sigterm_ends_open_streams_within_two_seconds(migration_url: str, tmp_pa
         elapsed = asyncio.run(scenario())
         assert elapsed < 2
         assert process.wait(timeout=10) == 0
+
+
+async def test_a_write_through_one_server_reaches_streams_on_another(
+    database_url: str, migration_url: str
+) -> None:
+    settings = make_settings(database_url, database_migration_url=migration_url)
+    async with (
+        live_server(settings) as first,
+        live_server(settings) as second,
+        httpx.AsyncClient(base_url=first.base_url, timeout=30) as writer,
+        httpx.AsyncClient(base_url=second.base_url, timeout=30) as reader_http,
+    ):
+        session = await _session(writer)
+        sid = session["session_id"]
+        async with (
+            open_stream(reader_http, f"{API}/sessions/{sid}/events") as member,
+            open_stream(
+                reader_http, f"{API}/events?types=message.created", SERVICE_HEADERS
+            ) as staff,
+        ):
+            message = await _say(writer, sid, "across processes")
+            assert (await member.next_event()).json() == message
+            while (event := (await staff.next_event()).json())["conversation_id"] != (
+                session["conversation_id"]
+            ):
+                pass
+            assert event["message"] == message
