@@ -104,6 +104,8 @@ class Event:
     service_data: str | None
     # (event name, data) for the member stream's conversation and escalation events.
     member_event: tuple[str, str] | None
+    # (seq, data) of a message.created event's Message, serialised once for every stream.
+    message: tuple[int, str] | None = None
 
 
 def build_events(
@@ -117,10 +119,13 @@ def build_events(
         common: dict[str, Any] = {"at": row.created_at, "conversation_id": row.conversation_id}
         service: ApiModel | None = None
         member: tuple[str, str] | None = None
+        message_data: tuple[int, str] | None = None
         if row.type == "message.created":
             message = messages.get(row.subject_id)
             if message is not None:
-                service = MessageCreatedData(message=Message.model_validate(message), **common)
+                model = Message.model_validate(message)
+                service = MessageCreatedData(message=model, **common)
+                message_data = (model.seq, model.model_dump_json())
         elif row.type == "conversation.updated":
             service = ConversationUpdatedData(status=row.status, **common)
             member = ("conversation", ConversationStatusData(status=row.status).model_dump_json())
@@ -143,6 +148,7 @@ def build_events(
                 conversation_id=row.conversation_id,
                 service_data=None if service is None else service.model_dump_json(),
                 member_event=member,
+                message=message_data,
             )
         )
     return built

@@ -168,6 +168,7 @@ async def _member_body(
     catch_up = True
     while True:
         if catch_up:
+            catch_up = False
             # Messages are read by seq, which is commit order within a conversation:
             # reading seq > last can neither skip nor repeat one.
             while True:
@@ -184,8 +185,15 @@ async def _member_body(
         event = await stream.next()
         if event is None:
             return
-        catch_up = event.type == "message.created"
-        if event.member_event is not None:
+        if event.type == "message.created":
+            if event.message is not None and event.message[0] == last + 1:
+                # The next message, serialised once for every stream: no query needed.
+                last, data = event.message
+                yield ServerSentEvent(data=data, event="message", id=str(last), sep="\n")
+                EVENTS_SENT.labels("member").inc()
+            elif event.message is None or event.message[0] > last:
+                catch_up = True  # out of order or erased: read seq > last from the table
+        elif event.member_event is not None:
             name, data = event.member_event
             yield ServerSentEvent(data=data, event=name, sep="\n")
             EVENTS_SENT.labels("member").inc()
