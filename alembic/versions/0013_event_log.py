@@ -4,8 +4,8 @@ Every message insert, conversation status change and escalation insert or status
 adds a row to `event_log` and a `pg_notify` on the channel `member_support_events`
 (payload: the conversation id only), inside the transaction that made the change. A
 row starts without a `position`; the sequencer in app/events.py hands positions out
-later, once no transaction that could still add an earlier row is running (see
-`app.repositories.events.SEQUENCE`). `event_sequencer` holds the last position given.
+later, once no transaction that could still add an earlier row is running (the
+sequencer in app/repositories/events.py). `event_sequencer` holds the last position given.
 
 Triggers rather than calls in each repository function: every writer (the API, the hot
 path, the CLI, plain SQL in the dashboard) records its events the same way, and a
