@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -177,6 +177,8 @@ class Stream:
     opened_at_position: int
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     cut: bool = False
+    # Tears the HTTP response down (set by the response that serves the stream).
+    cancel: Callable[[], Any] | None = None
 
     async def next(self) -> Event | None:
         """The next event, or None once the stream has been ended (cut or shutdown)."""
@@ -281,6 +283,11 @@ class EventHub:
         with contextlib.suppress(asyncio.QueueFull):
             stream.queue.put_nowait(None)
         self.close(stream)
+        if stream.cancel is not None:
+            if stream.cut:
+                stream.cancel()  # its last send may never return
+            else:
+                asyncio.get_running_loop().call_later(END_GRACE_S, stream.cancel)
 
     def _offer(self, stream: Stream, event: Event) -> None:
         try:
@@ -360,8 +367,11 @@ class EventHub:
         while True:
             poll_s = self.settings.sse_poll_ms / 1000
             timeout = self._tick_s() if retry_s is None else min(retry_s, poll_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 a cancel that meets wait_for's
+            # inner task just starting can be lost, and stop() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 waiting = await self.dispatch()
@@ -405,7 +415,8 @@ class EventHub:
                 connected_before = True
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), LISTEN_CHECK_S)
+                        async with asyncio.timeout(LISTEN_CHECK_S):
+                            await lost.wait()
                     if not lost.is_set():
                         await connection.execute("SELECT 1", timeout=LISTEN_CHECK_S)
             except asyncio.CancelledError:

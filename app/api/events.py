@@ -15,7 +15,6 @@ from starlette.types import Receive, Scope, Send
 from app.api.deps import SessionIdDep, error_responses, require_service_key
 from app.event_schemas import MEMBER_EVENTS, SERVICE_EVENTS, ResetData, openapi_stream
 from app.events import (
-    END_GRACE_S,
     EVENT_TYPES,
     EVENTS_SENT,
     EventHub,
@@ -79,9 +78,9 @@ def _open(hub: EventHub, **options: Any) -> Stream:
 
 
 class StreamResponse(EventSourceResponse):
-    """An EventSourceResponse that the hub can end: a cut stream (its client stopped
-    reading, so a send may never return) is torn down at once; at shutdown the body
-    gets END_GRACE_S to finish on its own."""
+    """An EventSourceResponse that the hub can end (EventHub._end): a cut stream (its
+    client stopped reading, so a send may never return) is torn down at once; at
+    shutdown the body gets a moment to finish on its own first."""
 
     def __init__(self, content: AsyncIterator[ServerSentEvent], stream: Stream, hub: EventHub):
         settings: Settings = hub.settings
@@ -96,20 +95,13 @@ class StreamResponse(EventSourceResponse):
         self.hub = hub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            async with anyio.create_task_group() as group:
-
-                async def end_when_told() -> None:
-                    await self.stream.ended.wait()
-                    if not self.stream.cut:
-                        await anyio.sleep(END_GRACE_S)
-                    group.cancel_scope.cancel()
-
-                group.start_soon(end_when_told)
+        # A cancel scope rather than a watcher task: one task fewer per open stream.
+        with anyio.CancelScope() as cancel_scope:
+            self.stream.cancel = cancel_scope.cancel
+            try:
                 await super().__call__(scope, receive, send)
-                group.cancel_scope.cancel()
-        finally:
-            self.hub.close(self.stream)
+            finally:
+                self.hub.close(self.stream)
 
 
 def _message_event(row: Any) -> ServerSentEvent:
