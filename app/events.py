@@ -31,8 +31,14 @@ from typing import Any, Literal
 
 import asyncpg
 from prometheus_client import Counter, Gauge
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
+from app.db import connect_args, create_sessionmaker
 from app.event_schemas import (
     ConversationStatusData,
     ConversationUpdatedData,
@@ -193,7 +199,12 @@ class EventHub:
 
     def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self.settings = settings
+        # The streams' own reads use the request pool; the dispatcher (sequencer, log
+        # reads, purge) has one connection of its own, so a burst of writes, each
+        # waking it, never takes a connection a request is waiting for.
         self.sessionmaker = sessionmaker
+        self._engine: AsyncEngine | None = None
+        self._dispatch_sessions = sessionmaker
         self.position: int | None = None
         self.listening = False
         self.listen_target: DatabaseTarget | None = settings.listen_database
@@ -213,6 +224,18 @@ class EventHub:
 
     async def start(self) -> None:
         """Start the dispatch task and, with a direct URL, the LISTEN task."""
+        if self.settings.database_url is not None:
+            target = self.settings.database
+            self._engine = create_async_engine(
+                target.url,
+                connect_args=connect_args(self.settings, target, pooled=True),
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=self.settings.db_pool_timeout_s,
+                pool_recycle=self.settings.db_pool_recycle_s,
+                pool_pre_ping=True,
+            )
+            self._dispatch_sessions = create_sessionmaker(self._engine, self.settings)
         self._tasks.append(asyncio.create_task(self._run(), name="events-dispatch"))
         if self.listen_target is not None:
             self._tasks.append(asyncio.create_task(self._listen(), name="events-listen"))
@@ -234,6 +257,8 @@ class EventHub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._engine is not None:
+            await self._engine.dispose()
 
     def wake(self) -> None:
         """Run the dispatcher now (a notification arrived, or a test wants it)."""
@@ -332,7 +357,7 @@ class EventHub:
     async def dispatch(self) -> bool:
         """Sequence, then hand every newly numbered event to the streams; True when rows
         still wait for an older transaction."""
-        async with self.sessionmaker() as session:
+        async with self._dispatch_sessions() as session:
             async with session.begin():
                 waiting = await event_log.sequence(session)
             if waiting and self._member:
@@ -387,7 +412,7 @@ class EventHub:
         if now - self._last_purge < PURGE_EVERY_S:
             return
         self._last_purge = now
-        await purge_expired(self.sessionmaker, self.settings)
+        await purge_expired(self._dispatch_sessions, self.settings)
 
     async def _listen(self) -> None:
         assert self.listen_target is not None
