@@ -12,9 +12,19 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import conversations, escalations, notifications, ops, sessions, stats, users
+from app.api import (
+    conversations,
+    escalations,
+    events,
+    notifications,
+    ops,
+    sessions,
+    stats,
+    users,
+)
 from app.db import RetryTransactionConflicts, create_engine, create_sessionmaker
 from app.errors import install_error_handlers
+from app.events import EventHub
 from app.fastpath import HotPaths
 from app.metrics import ApiCounters, ObserveRequests, RouteTemplates, forget_pool, observe_pool
 from app.notify import BackgroundNotifier
@@ -118,6 +128,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "connection_budget": settings.connection_budget,
             },
         )
+        event_hub = EventHub(settings, app.state.sessionmaker)
+        app.state.event_hub = event_hub
+        await event_hub.start()
         notifier = (
             BackgroundNotifier.start(app.state.sessionmaker, settings)
             if settings.notify_worker
@@ -126,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await event_hub.stop()
             if notifier is not None:
                 await notifier.stop()
             await engine.dispose()
@@ -156,6 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         escalations.router,
         notifications.router,
         stats.router,
+        events.router,
     ):
         app.include_router(router, prefix="/api/v1")
     app.include_router(ops.router)

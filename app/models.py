@@ -24,7 +24,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import base as postgresql_base
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import UserDefinedType
 
 # One naming convention for models and migrations, so autogenerate finds no drift.
 NAMING_CONVENTION = {
@@ -287,3 +289,67 @@ class MemberMessageWindow(Base):
     )
     window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     messages: Mapped[int] = mapped_column(Integer)
+
+
+class Xid8(UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id (SQLAlchemy has no type for it)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_: object) -> str:
+        return "xid8"
+
+
+# Reflection (autogenerate's comparison) then knows the type too.
+postgresql_base.ischema_names["xid8"] = Xid8
+
+EVENT_TYPES = (
+    "message.created",
+    "conversation.updated",
+    "escalation.created",
+    "escalation.updated",
+)
+
+
+class EventLog(Base):
+    """What happened, for the realtime streams: written by triggers in the writing
+    transaction, numbered later by the sequencer (app.repositories.events)."""
+
+    __tablename__ = "event_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    # Null until the sequencer numbers the row; then unique and increasing in the order
+    # readers can see rows.
+    position: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    xid: Mapped[int] = mapped_column(Xid8, server_default=text("pg_current_xact_id()"))
+    type: Mapped[str] = mapped_column(String(40))
+    conversation_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    # The message or escalation the event is about; null for a conversation's own change.
+    subject_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # The status the conversation or escalation moved to, fixed at the moment of the event.
+    status: Mapped[str | None] = mapped_column(String(50))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("now()")
+    )
+
+    __table_args__ = (
+        CheckConstraint(_in_list("type", EVENT_TYPES), name="type"),
+        Index(
+            "ix_event_log_xid_id_unsequenced",
+            "xid",
+            "id",
+            postgresql_where=text("position IS NULL"),
+        ),
+        Index("ix_event_log_created_at", "created_at"),
+    )
+
+
+class EventSequencer(Base):
+    """One row: the last position the sequencer handed out (survives the retention purge)."""
+
+    __tablename__ = "event_sequencer"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_position: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)

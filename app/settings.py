@@ -207,6 +207,13 @@ class Settings(BaseSettings):
     escalations_open_max: int = Field(default=3, ge=1, le=100)
     escalation_issue_types: Annotated[list[str], NoDecode] = Field(default_factory=list)
     member_messages_per_minute: int = Field(default=30, ge=1, le=10_000)
+    # Realtime streams (README, "Realtime events").
+    database_listen_url: SecretStr | None = None
+    sse_ping_s: float = Field(default=15, gt=0, le=3600)
+    sse_poll_ms: int = Field(default=500, ge=10, le=60_000)
+    sse_buffer_events: int = Field(default=256, ge=1, le=100_000)
+    sse_max_streams: int = Field(default=1000, ge=1, le=1_000_000)
+    events_retention_hours: float = Field(default=72, gt=0, le=24 * 3650)
 
     @field_validator("api_keys", "cors_origins", "escalation_issue_types", mode="before")
     @classmethod
@@ -252,7 +259,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("database_url", "database_migration_url")
+    @field_validator("database_url", "database_migration_url", "database_listen_url")
     @classmethod
     def _valid_url(cls, value: SecretStr | None, info: Any) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
@@ -341,6 +348,20 @@ class Settings(BaseSettings):
                 self.database_migration_url.get_secret_value(), "DATABASE_MIGRATION_URL"
             )
         return self.database
+
+    @property
+    def listen_database(self) -> DatabaseTarget | None:
+        """Where LISTEN runs: DATABASE_LISTEN_URL, else DATABASE_MIGRATION_URL, else
+        DATABASE_URL when it is direct; None behind a transaction pooler (streams poll)."""
+        if self.database_listen_url is not None:
+            return parse_database_url(
+                self.database_listen_url.get_secret_value(), "DATABASE_LISTEN_URL"
+            )
+        if self.database_migration_url is not None:
+            return self.migration_database
+        if self.database_url is not None and not self.transaction_pooler:
+            return self.database
+        return None
 
     @property
     def transaction_pooler(self) -> bool:

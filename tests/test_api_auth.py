@@ -36,7 +36,12 @@ SERVICE_ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/notifications", None),
     ("POST", f"/notifications/{SOME_ID}/retry", None),
 ]
+# Event streams: refused like every service route; admitted ones are streamed over real
+# HTTP in test_events.py (the ASGI test transport waits for a body that never ends).
+STREAM_ROUTES: list[tuple[str, str, Any]] = [("GET", "/events", None)]
+ALL_SERVICE_ROUTES = SERVICE_ROUTES + STREAM_ROUTES
 ROUTE_IDS = [f"{method} {path.split('?')[0]}" for method, path, _ in SERVICE_ROUTES]
+ALL_ROUTE_IDS = [f"{method} {path.split('?')[0]}" for method, path, _ in ALL_SERVICE_ROUTES]
 BAD_AUTHORIZATION: dict[str, dict[str, Any]] = {
     "none": {},
     "wrong key": {"Authorization": "Bearer not-the-key"},
@@ -80,7 +85,7 @@ def test_the_matrix_covers_every_service_route(app: FastAPI) -> None:
     }
     listed = {
         (method, f"{API}{path.split('?')[0].replace(SOME_ID, '{id}')}")
-        for method, path, _ in SERVICE_ROUTES
+        for method, path, _ in ALL_SERVICE_ROUTES
     }
     assert set(service) == listed
     assert all(security == [{"HTTPBearer": []}] for security in service.values())
@@ -92,12 +97,12 @@ def test_no_member_route_asks_for_a_key(app: FastAPI) -> None:
         for key, security in _operations(app).items()
         if key[1].startswith(f"{API}/sessions")
     }
-    assert len(members) == 8
+    assert len(members) == 9  # 7 REST routes, the identity route and the event stream
     assert all(security is None for security in members.values())
 
 
 @pytest.mark.parametrize("authorization", BAD_AUTHORIZATION.values(), ids=BAD_AUTHORIZATION.keys())
-@pytest.mark.parametrize(("method", "path", "body"), SERVICE_ROUTES, ids=ROUTE_IDS)
+@pytest.mark.parametrize(("method", "path", "body"), ALL_SERVICE_ROUTES, ids=ALL_ROUTE_IDS)
 async def test_a_service_route_without_a_valid_bearer_key_is_401(
     client: httpx.AsyncClient,
     method: str,
@@ -178,7 +183,7 @@ def _client_for(app: FastAPI) -> httpx.AsyncClient:
     [{}, {"Authorization": f"Bearer {SERVICE_KEY}"}, {"Authorization": "Bearer "}],
     ids=["no header", "the usual test key", "empty token"],
 )
-@pytest.mark.parametrize(("method", "path", "body"), SERVICE_ROUTES, ids=ROUTE_IDS)
+@pytest.mark.parametrize(("method", "path", "body"), ALL_SERVICE_ROUTES, ids=ALL_ROUTE_IDS)
 async def test_with_no_api_keys_configured_every_service_route_is_401(
     keyless_app: FastAPI, method: str, path: str, body: Any, authorization: dict[str, str]
 ) -> None:

@@ -292,6 +292,8 @@ SERVICE_TABLES = (
     "staff",
     "escalation_audit",
     "member_message_windows",
+    "event_log",
+    "event_sequencer",
     "alembic_version",
 )
 
@@ -373,6 +375,7 @@ async def test_the_anon_key_changes_and_deletes_nothing(
         "alembic_version": "version_num",
         "escalation_audit": "at",
         "member_message_windows": "window_start",
+        "event_sequencer": "last_position",
     }.get(table, "created_at")
     async with supabase_like.transaction():
         await supabase_like.execute("SET LOCAL ROLE anon")

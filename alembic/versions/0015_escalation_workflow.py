@@ -9,6 +9,8 @@
   first.
 - `escalation_audit`: who did what to an escalation (status, assignment, staff message),
   written in the same transaction as the change. RLS enabled, as on every table.
+- The event log's escalation trigger fires on an assignment too (`escalation.updated`
+  with the assignee on the service stream).
 
 Revision ID: 0015
 Revises: 0014
@@ -81,6 +83,14 @@ def upgrade() -> None:
         op.f("ix_escalation_audit_escalation_id_id"), "escalation_audit", ["escalation_id", "id"]
     )
     op.execute("ALTER TABLE escalation_audit ENABLE ROW LEVEL SECURITY")
+    # An assignment is an `escalation.updated` event too (the event log's trigger).
+    op.execute("DROP TRIGGER escalations_record_updated ON escalations")
+    op.execute(
+        "CREATE TRIGGER escalations_record_updated AFTER UPDATE OF status, assignee_id "
+        "ON escalations FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status "
+        "OR OLD.assignee_id IS DISTINCT FROM NEW.assignee_id) "
+        "EXECUTE FUNCTION event_log_record()"
+    )
 
 
 def downgrade() -> None:
@@ -92,6 +102,12 @@ def downgrade() -> None:
             f"{staff_messages} staff message(s) exist; the earlier schema cannot hold them. "
             "Delete them or change their role before downgrading past 0015."
         )
+    op.execute("DROP TRIGGER escalations_record_updated ON escalations")
+    op.execute(
+        "CREATE TRIGGER escalations_record_updated AFTER UPDATE OF status ON escalations "
+        "FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) "
+        "EXECUTE FUNCTION event_log_record()"
+    )
     op.drop_table("escalation_audit")
     op.drop_constraint(op.f("ck_messages_role"), "messages", type_="check")
     op.create_check_constraint(

@@ -1,0 +1,313 @@
+"""The event streams' limits and faults: pings, the stream cap, slow clients, polling
+behind a pooler, a lost LISTEN connection, retention and reset, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from conftest import ROOMY_LIMITS, asyncpg_dsn, make_settings
+from ops_support import running_server
+from stream_support import SERVICE_HEADERS, live_server, open_stream
+
+from app.events import LISTEN_RECONNECTS, STREAMS_CUT, EventHub, purge_expired
+from app.settings import ConfigError, load_settings
+
+API = "/api/v1"
+
+
+async def _session(http: httpx.AsyncClient) -> dict[str, Any]:
+    response = await http.post(f"{API}/sessions")
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _say(http: httpx.AsyncClient, session_id: str, content: str) -> dict[str, Any]:
+    response = await http.post(f"{API}/sessions/{session_id}/messages", json={"content": content})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _until(condition: Any, wait_s: float = 20) -> None:
+    deadline = time.monotonic() + wait_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_an_idle_stream_sends_a_ping_comment(database_url: str, migration_url: str) -> None:
+    settings = make_settings(
+        database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_ping_s=0.2
+    )
+    async with (
+        live_server(settings) as live,
+        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
+    ):
+        sid = (await _session(http))["session_id"]
+        async with open_stream(http, f"{API}/sessions/{sid}/events") as reader:
+            block = await reader.next(2)
+    assert block.comments == ["ping"] and block.event is None
+
+
+async def test_streams_over_the_cap_get_503_with_retry_after_and_the_gauge_counts_them(
+    database_url: str, migration_url: str
+) -> None:
+    settings = make_settings(
+        database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_max_streams=1
+    )
+    async with (
+        live_server(settings) as live,
+        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
+    ):
+        sid = (await _session(http))["session_id"]
+        async with open_stream(http, f"{API}/sessions/{sid}/events"):
+            refused = await http.get(f"{API}/events", headers=SERVICE_HEADERS)
+            metrics = (await http.get("/metrics")).text
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"].isdigit()
+        assert refused.json()["detail"]
+        assert 'sse_streams_open{kind="member"} 1.0' in metrics
+        hub: EventHub = live.app.state.event_hub
+        await _until(lambda: hub.open_streams == 0)
+
+
+async def test_a_stream_that_falls_behind_is_cut_without_holding_back_the_others(
+    database_url: str, migration_url: str
+) -> None:
+    settings = make_settings(
+        database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_buffer_events=3
+    )
+    async with (
+        live_server(settings) as live,
+        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
+    ):
+        hub: EventHub = live.app.state.event_hub
+        sid = (await _session(http))["session_id"]
+        busy = (await _session(http))["session_id"]
+        cut_before = STREAMS_CUT.labels("service")._value.get()
+        stalled = hub.open("service")  # a subscriber that never reads
+        async with open_stream(http, f"{API}/sessions/{sid}/events") as reader:
+            for number in range(5):
+                await _say(http, busy, f"message {number}")
+            await _until(lambda: stalled.cut)
+            sent = await _say(http, sid, "still served")
+            received = await reader.next_event()
+        assert received.json() == sent
+        assert stalled.ended.is_set() and await stalled.next() is None
+        assert STREAMS_CUT.labels("service")._value.get() == cut_before + 1
+
+
+async def test_a_cut_stream_ends_its_http_response_at_once(
+    database_url: str, migration_url: str
+) -> None:
+    settings = make_settings(database_url, **ROOMY_LIMITS, database_migration_url=migration_url)
+    async with (
+        live_server(settings) as live,
+        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
+    ):
+        hub: EventHub = live.app.state.event_hub
+        async with open_stream(http, f"{API}/events", SERVICE_HEADERS) as reader:
+            await _until(lambda: hub.open_streams == 1)
+            (stream,) = list(hub._service)
+            stream.cut = True
+            hub._end(stream)
+            started = time.monotonic()
+            with pytest.raises((EOFError, httpx.HTTPError)):
+                await reader.next_event(3)
+            assert time.monotonic() - started < 1
+
+
+async def test_behind_a_pooler_without_a_direct_url_streams_poll_and_say_so(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(database_url, **ROOMY_LIMITS, db_pooler="transaction", sse_poll_ms=50)
+    assert settings.listen_database is None
+    with caplog.at_level(logging.WARNING, logger="app.events"):
+        async with (
+            live_server(settings) as live,
+            httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
+        ):
+            assert any("events_polling" in record.message for record in caplog.records)
+            hub: EventHub = live.app.state.event_hub
+            assert hub.listen_target is None
+            sid = (await _session(http))["session_id"]
+            async with (
+                open_stream(http, f"{API}/sessions/{sid}/events") as member,
+                open_stream(http, f"{API}/events?types=message.created", SERVICE_HEADERS) as staff,
+            ):
+                message = await _say(http, sid, "polled")
+                assert (await member.next_event()).json() == message
+                while (event := (await staff.next_event()).json())["conversation_id"] != (
+                    message["conversation_id"]
+                ):
+                    pass  # events of earlier tests numbered after this stream opened
+                assert event["message"] == message
+
+
+async def _terminate(url: str, pid: int) -> bool:
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return bool(
+            await connection.fetchval(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE pid = $1 AND application_name = 'member-support-listen'",
+                pid,
+            )
+        )
+    finally:
+        await connection.close()
+
+
+async def test_a_killed_listen_connection_reconnects_and_streams_lose_nothing(
+    database_url: str, migration_url: str
+) -> None:
+    settings = make_settings(
+        database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_poll_ms=5000
+    )
+    async with (
+        live_server(settings) as live,
+        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
+    ):
+        hub: EventHub = live.app.state.event_hub
+        await _until(lambda: hub.listening)
+        sid = (await _session(http))["session_id"]
+        reconnects = LISTEN_RECONNECTS._value.get()
+        async with open_stream(http, f"{API}/sessions/{sid}/events") as reader:
+            before = await _say(http, sid, "before")
+            assert (await reader.next_event()).json() == before
+            assert hub._listen_connection is not None
+            assert await _terminate(migration_url, hub._listen_connection.get_server_pid())
+            during = [await _say(http, sid, f"during {number}") for number in range(3)]
+            await _until(lambda: LISTEN_RECONNECTS._value.get() == reconnects + 1)
+            after = await _say(http, sid, "after")
+            received = await reader.events(4)
+            assert await reader.nothing_within(0.3)
+        assert [event.json() for event in received] == [*during, after]
+        metrics = (await http.get("/metrics")).text
+        assert "events_listen_reconnects_total" in metrics
+
+
+async def test_a_resume_point_older_than_retention_starts_with_reset(
+    database_url: str, migration_url: str
+) -> None:
+    settings = make_settings(database_url, **ROOMY_LIMITS, database_migration_url=migration_url)
+    async with (
+        live_server(settings) as live,
+        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
+    ):
+        sid = (await _session(http))["session_id"]
+        async with open_stream(http, f"{API}/events?types=message.created", SERVICE_HEADERS) as r:
+            await _say(http, sid, "old news")
+            old = await r.next_event()
+        connection = await asyncpg.connect(asyncpg_dsn(migration_url))
+        try:
+            await connection.execute(
+                "UPDATE event_log SET created_at = now() - interval '100 hours' "
+                "WHERE position <= $1",
+                int(old.id or 0),
+            )
+        finally:
+            await connection.close()
+        assert await purge_expired(live.app.state.sessionmaker, settings, batch=2) >= 1
+        await _say(http, sid, "after the purge")
+        headers = {**SERVICE_HEADERS, "Last-Event-ID": "0"}
+        async with open_stream(http, f"{API}/events?types=message.created", headers) as reader:
+            reset = await reader.next_event()
+            fresh = await _say(http, sid, "fresh")
+            following = [await reader.next_event()]
+            while following[-1].json()["message"] != fresh:
+                following.append(await reader.next_event())
+    assert reset.event == "reset" and reset.json() == {"type": "reset"}
+    assert int(reset.id or 0) >= int(old.id or 0)
+    # Only what was not yet numbered when the stream reset may precede the fresh event.
+    assert [event.json()["message"]["content"] for event in following] in (
+        ["fresh"],
+        ["after the purge", "fresh"],
+    )
+
+
+def test_event_settings_are_validated_and_listen_follows_the_direct_url() -> None:
+    with pytest.raises(ConfigError, match="SSE_PING_S"):
+        load_settings(_env_file=None, sse_ping_s="0")
+    with pytest.raises(ConfigError, match="SSE_BUFFER_EVENTS"):
+        load_settings(_env_file=None, sse_buffer_events="many")
+    with pytest.raises(ConfigError, match="DATABASE_LISTEN_URL"):
+        load_settings(_env_file=None, database_listen_url="mysql://x@h/db")
+    pooled = "postgresql://u:p@aws-0.pooler.supabase.com:6543/postgres"
+    direct = "postgresql://u:p@db.example.supabase.co:5432/postgres"
+    assert load_settings(_env_file=None, database_url=pooled).listen_database is None
+    chosen = load_settings(_env_file=None, database_url=pooled, database_migration_url=direct)
+    assert chosen.listen_database is not None and chosen.listen_database.url.port == 5432
+    explicit = load_settings(
+        _env_file=None,
+        database_url=pooled,
+        database_migration_url=direct,
+        database_listen_url="postgresql://u:p@listen.example:5433/postgres",
+    )
+    assert explicit.listen_database is not None and explicit.listen_database.url.port == 5433
+    own = load_settings(_env_file=None, database_url=direct).listen_database
+    assert own is not None and own.url.host == "db.example.supabase.co"
+
+
+async def _first_stream_end(base_url: str, ready: asyncio.Event) -> float:
+    async with (
+        httpx.AsyncClient(base_url=base_url, timeout=10) as http,
+        http.stream("GET", f"{API}/events", headers=SERVICE_HEADERS) as response,
+    ):
+        assert response.status_code == 200
+        async for _ in response.aiter_lines():
+            ready.set()
+    return time.monotonic()
+
+
+@pytest.mark.slow
+def test_sigterm_ends_open_streams_within_two_seconds(migration_url: str, tmp_path: Path) -> None:
+    with running_server(migration_url, tmp_path) as (process, base_url):
+
+        async def scenario() -> float:
+            ready = asyncio.Event()
+            ending = asyncio.create_task(_first_stream_end(base_url, ready))
+            await asyncio.wait_for(ready.wait(), 10)
+            process.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+            return await asyncio.wait_for(ending, 10) - sent
+
+        elapsed = asyncio.run(scenario())
+        assert elapsed < 2
+        assert process.wait(timeout=10) == 0
+
+
+async def test_a_write_through_one_server_reaches_streams_on_another(
+    database_url: str, migration_url: str
+) -> None:
+    settings = make_settings(database_url, **ROOMY_LIMITS, database_migration_url=migration_url)
+    async with (
+        live_server(settings) as first,
+        live_server(settings) as second,
+        httpx.AsyncClient(base_url=first.base_url, timeout=30) as writer,
+        httpx.AsyncClient(base_url=second.base_url, timeout=30) as reader_http,
+    ):
+        session = await _session(writer)
+        sid = session["session_id"]
+        async with (
+            open_stream(reader_http, f"{API}/sessions/{sid}/events") as member,
+            open_stream(
+                reader_http, f"{API}/events?types=message.created", SERVICE_HEADERS
+            ) as staff,
+        ):
+            message = await _say(writer, sid, "across processes")
+            assert (await member.next_event()).json() == message
+            while (event := (await staff.next_event()).json())["conversation_id"] != (
+                session["conversation_id"]
+            ):
+                pass
+            assert event["message"] == message
