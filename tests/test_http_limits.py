@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ def server(
         HTTP_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
         HTTP_LIMIT_CONCURRENCY=str(CONCURRENCY),
         LOG_LEVEL="WARNING",
+        DB_POOLER=os.environ.get("TEST_DB_POOLER", "auto"),  # as make_settings does
     ) as (process, base_url):
         port = urlsplit(base_url).port
         assert port is not None
