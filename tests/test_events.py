@@ -430,3 +430,20 @@ async def test_an_assignment_and_a_staff_reply_reach_both_streams(
     staff_message = member_events[-1].json()
     assert (staff_message["role"], staff_message["author_name"]) == ("staff", "Ann Lee")
     assert all(staff_id not in event.data for event in member_events)
+
+
+async def test_neither_stream_carries_a_clear_card_number(http: httpx.AsyncClient) -> None:
+    card = "4111 1111 1111 1111"  # the well-known Visa test number: Luhn-valid
+    session = await _session(http)
+    sid, conversation_id = session["session_id"], session["conversation_id"]
+    async with (
+        open_stream(http, f"{API}/events", SERVICE_HEADERS) as service,
+        open_stream(http, f"{API}/sessions/{sid}/events", {}) as member,
+    ):
+        await _say(http, sid, f"my card {card} was declined")
+        await _reply(http, conversation_id, f"Noted: {card}")
+        service_events = await _own_events(service, conversation_id, 2)
+        member_events = [await member.next_event() for _ in range(2)]
+    data = [event.data for event in service_events + member_events]
+    assert all("[card ending 1111]" in item for item in data), data
+    assert not any(card in item or card.replace(" ", "") in item for item in data)

@@ -360,3 +360,66 @@ def test_the_sla_setting_is_read_and_checked() -> None:
     )
     with pytest.raises(ConfigError, match="SLA_FIRST_RESPONSE_MINUTES"):
         load_settings(_env_file=None, sla_first_response_minutes=0)
+
+
+async def test_escalation_times_and_the_sla_match_a_reference_over_random_histories(
+    db: AsyncSession,
+) -> None:
+    # Escalations opened over a week: some answered (quickly or late), some resolved,
+    # some still waiting; windows cut through them at random.
+    rng = random.Random(20261202)
+    await db.execute(text(f"TRUNCATE {TABLES} CASCADE"))
+    await db.execute(text("INSERT INTO users (id) VALUES ('00000000-0000-4000-8000-000000000004')"))
+    now = datetime.now(UTC)
+    start = now - timedelta(days=7)
+    rows: list[tuple[datetime, float | None, float | None, str]] = []
+    for number in range(120):
+        conversation = f"00000000-0000-4000-8001-{number:012x}"
+        await db.execute(
+            text(
+                "INSERT INTO conversations (id, user_id, session_id, created_at) "
+                "VALUES (:id, '00000000-0000-4000-8000-000000000004', :session, :at)"
+            ),
+            {"id": conversation, "session": f"sla-session-{number:04d}-0123456", "at": start},
+        )
+        opened = start + timedelta(seconds=rng.randint(0, 6 * 86400))
+        first = rng.choice([None, rng.uniform(5, 600), rng.uniform(600, 7200)])
+        resolved = None if first is None or rng.random() < 0.4 else first + rng.uniform(60, 9e4)
+        status = "resolved" if resolved is not None else rng.choice(["pending", "in_progress"])
+        rows.append((opened, first, resolved, status))
+        await db.execute(
+            text(
+                "INSERT INTO escalations (conversation_id, issue_type, original_request, status,"
+                " created_at, first_response_at, resolved_at) VALUES (:c, 'loan', 'x', :status,"
+                " :opened, :first, :resolved)"
+            ),
+            {
+                "c": conversation,
+                "status": status,
+                "opened": opened,
+                "first": None if first is None else opened + timedelta(seconds=first),
+                "resolved": None if resolved is None else opened + timedelta(seconds=resolved),
+            },
+        )
+    sla_minutes = 15
+    windows: list[datetime | None] = [None, *(rng.choice(rows)[0] for _ in range(5))]
+    for since in windows:
+        chosen = [row for row in rows if since is None or row[0] >= since]
+        firsts = [first for _, first, _, _ in chosen if first is not None]
+        resolutions = [resolved for _, _, resolved, _ in chosen if resolved is not None]
+        breached = sum(
+            1
+            for opened, first, _, status in chosen
+            if (first is not None and first > sla_minutes * 60)
+            or (first is None and status != "resolved" and (now - opened).total_seconds() > 900)
+        )
+        collected = await stats.collect(db, since=since, sla_minutes=sla_minutes)
+        assert collected.first_response_p50 == pytest.approx(_percentile_cont(firsts, 0.5))
+        assert collected.first_response_p95 == pytest.approx(_percentile_cont(firsts, 0.95))
+        assert collected.resolution_p50 == pytest.approx(_percentile_cont(resolutions, 0.5))
+        assert collected.resolution_p95 == pytest.approx(_percentile_cont(resolutions, 0.95))
+        assert collected.sla_breached == breached, since
+        oldest = min(opened for opened, _, _, status in rows if status != "resolved")
+        assert collected.oldest_open_seconds == pytest.approx(
+            (now - oldest).total_seconds(), abs=30
+        )
