@@ -21,6 +21,19 @@ MESSAGE_COLUMNS = (
     "(SELECT display_name FROM staff WHERE staff.id = messages.author_id) END AS author_name"
 )
 
+# The end both appends share: a key already stored inserts nothing (the caller then
+# tells a replay from a refusal), and the row returned says whether the conversation
+# was found, its status, and the message if one was stored.
+_INSERT_TAIL = f"""
+    ON CONFLICT (conversation_id, idempotency_key) WHERE idempotency_key IS NOT NULL
+    DO NOTHING
+    RETURNING {MESSAGE_COLUMNS}
+)
+SELECT conversation.id AS found_conversation_id, conversation.status AS conversation_status,
+       inserted.*
+FROM conversation LEFT JOIN inserted ON true
+"""  # noqa: S608 (a constant column list)
+
 # One round trip: lock the conversation (inserts into it queue here; the seq trigger
 # relies on it), refuse archived ones, and insert unless the idempotency key was seen.
 # A hot path: run with exec_driver_sql (asyncpg's $n parameters), past SQLAlchemy's
@@ -31,15 +44,7 @@ WITH conversation AS (
 ), inserted AS (
     INSERT INTO messages (conversation_id, role, content, idempotency_key, author_id)
     SELECT id, $2, $3, $4, $5 FROM conversation
-    WHERE status <> 'archived'
-    ON CONFLICT (conversation_id, idempotency_key) WHERE idempotency_key IS NOT NULL
-    DO NOTHING
-    RETURNING {columns}
-)
-SELECT conversation.id AS found_conversation_id, conversation.status AS conversation_status,
-       inserted.*
-FROM conversation LEFT JOIN inserted ON true
-"""
+    WHERE status <> 'archived'{tail}"""
 
 # Member messages are rate-limited per conversation, in the database so the limit holds
 # across workers and replicas: one counter row per conversation and window (a window
@@ -69,17 +74,9 @@ WITH conversation AS (
     RETURNING conversation_id
 ), inserted AS (
     INSERT INTO messages (conversation_id, role, content, idempotency_key)
-    SELECT conversation_id, $2, $3, $4 FROM counted
-    ON CONFLICT (conversation_id, idempotency_key) WHERE idempotency_key IS NOT NULL
-    DO NOTHING
-    RETURNING {columns}
-)
-SELECT conversation.id AS found_conversation_id, conversation.status AS conversation_status,
-       inserted.*
-FROM conversation LEFT JOIN inserted ON true
-"""
-APPEND_BY_SESSION = _APPEND_MEMBER.format(window=RATE_WINDOW, columns=MESSAGE_COLUMNS)
-APPEND_BY_ID = _APPEND.format(columns=MESSAGE_COLUMNS)
+    SELECT conversation_id, $2, $3, $4 FROM counted{tail}"""
+APPEND_BY_SESSION = _APPEND_MEMBER.format(window=RATE_WINDOW, tail=_INSERT_TAIL)
+APPEND_BY_ID = _APPEND.format(tail=_INSERT_TAIL)
 _RETRY_AFTER = """
 SELECT ceil(extract(epoch FROM window_start + interval '{window}' - clock_timestamp()))
 FROM member_message_windows WHERE conversation_id = $1
