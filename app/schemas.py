@@ -11,6 +11,7 @@ import orjson
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -413,8 +414,13 @@ class AuditEntry(ApiModel):
     escalation_id: uuid.UUID
     actor: str
     action: AuditAction
-    from_value: str | None = Field(serialization_alias="from")
-    to_value: str | None = Field(serialization_alias="to")
+    # Read from the row's attribute or from the JSON body (app.client parses it back).
+    from_value: str | None = Field(
+        validation_alias=AliasChoices("from_value", "from"), serialization_alias="from"
+    )
+    to_value: str | None = Field(
+        validation_alias=AliasChoices("to_value", "to"), serialization_alias="to"
+    )
     at: Timestamp
 
 
