@@ -156,6 +156,9 @@ class ServiceClient:
         http: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        self._base_url = base_url
+        self._api_key = api_key
+        self._timeout = timeout
         self._headers = {"user-agent": USER_AGENT}
         if api_key is not None:
             self._headers["authorization"] = f"Bearer {api_key}"
@@ -164,6 +167,19 @@ class ServiceClient:
         self._owned = http is None
         self._http = http or httpx.AsyncClient(
             base_url=base_url, timeout=timeout, transport=transport, follow_redirects=False
+        )
+
+    def replica(self) -> ServiceClient:
+        """A new client with the same address, key and limits, for another event loop
+        (an httpx client belongs to the loop that first used it)."""
+        if not self._owned:
+            raise RuntimeError("a client built on a given httpx client cannot be replicated")
+        return ServiceClient(
+            self._base_url,
+            api_key=self._api_key,
+            timeout=self._timeout,
+            retries=self._retries,
+            max_retry_wait_s=self._max_retry_wait_s,
         )
 
     async def __aenter__(self) -> ServiceClient:
