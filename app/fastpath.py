@@ -107,11 +107,14 @@ class HotPaths:
         engine: Callable[[], AsyncEngine | None],
         message_max_chars: int,
         redact_kinds: frozenset[str],
+        agent_events: bool = False,
     ) -> None:
         self.app = app
         self.engine = engine
         self.message_max_chars = message_max_chars
         self.redact_kinds = redact_kinds
+        # As messages.append: the same statement records the agent webhook's event.
+        self.agent_events = agent_events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -209,7 +212,13 @@ class HotPaths:
 
         async def append(connection: Any) -> Any:
             return await connection.fetchrow(
-                APPEND_BY_SESSION, session_id, "user", content, idempotency_key, None
+                APPEND_BY_SESSION,
+                session_id,
+                "user",
+                content,
+                idempotency_key,
+                None,
+                self.agent_events,
             )
 
         try:

@@ -168,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine=lambda: getattr(app.state, "engine", None) if app.state.hot_paths else None,
         message_max_chars=settings.message_max_chars,
         redact_kinds=settings.redact,
+        agent_events=settings.agent_webhook_enabled,
     )
     if settings.cors_origins:
         app.add_middleware(

@@ -30,7 +30,7 @@ EscalationStatus = Literal["pending", "notified", "in_progress", "resolved"]
 Role = Literal["user", "assistant", "staff"]
 AuditAction = Literal["status", "assignment", "staff_message"]
 NotificationStatus = Literal["pending", "delivered", "failed"]
-NotificationType = Literal["escalation.created", "escalation.status_changed"]
+NotificationType = Literal["escalation.created", "escalation.status_changed", "message.created"]
 
 
 def _contains_nul(value: Any) -> bool:
@@ -482,6 +482,7 @@ _NOTIFICATION_EXAMPLE: dict[str, Any] = {
     "id": "5b0f1c0e-6a51-4a8e-9b7c-2f1d3e4a5b6c",
     "type": "escalation.created",
     "escalation_id": "0d6c2a57-3f0e-4f5e-8b8e-1c7d9a2b4e60",
+    "message_id": None,
     "status": "failed",
     "attempts": 12,
     "last_error": "HTTP 503",
@@ -498,7 +499,10 @@ class Notification(ApiModel):
 
     id: uuid.UUID = Field(description="Also the `webhook-id` header of every attempt")
     type: NotificationType
-    escalation_id: uuid.UUID
+    escalation_id: uuid.UUID | None = Field(description="Of an escalation event")
+    message_id: uuid.UUID | None = Field(
+        default=None, description="Of a `message.created` event (the agent webhook)"
+    )
     status: NotificationStatus
     attempts: int
     last_error: str | None

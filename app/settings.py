@@ -174,6 +174,10 @@ class Settings(BaseSettings):
     notify_timeout_s: float = Field(default=5, gt=0, le=60)
     notify_lease_s: float = Field(default=60, gt=0, le=3600)
     notify_worker: bool = False
+    # The agent webhook (README, "The agent webhook"): one message.created per member
+    # message, delivered by the same worker. The secret first, as above.
+    agent_webhook_secret: SecretStr | None = None
+    agent_webhook_url: SecretStr | None = None
     # Card numbers and SSNs replaced before any message or escalation text is stored.
     redact: Annotated[frozenset[str], NoDecode] = ALL_KINDS
 
@@ -218,21 +222,22 @@ class Settings(BaseSettings):
         parse_database_url(value.get_secret_value(), info.field_name.upper())
         return value
 
-    @field_validator("notify_webhook_secret")
+    @field_validator("notify_webhook_secret", "agent_webhook_secret")
     @classmethod
-    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+    def _webhook_secret(cls, value: SecretStr | None, info: Any) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
+        name = info.field_name.upper()
         raw = value.get_secret_value().strip()
         if not raw.startswith("whsec_"):
-            raise ConfigError("NOTIFY_WEBHOOK_SECRET: must start with whsec_ (Standard Webhooks)")
+            raise ConfigError(f"{name}: must start with whsec_ (Standard Webhooks)")
         try:
             encoded = raw.removeprefix("whsec_")
             key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
         except (binascii.Error, ValueError):
-            raise ConfigError("NOTIFY_WEBHOOK_SECRET: whsec_ must be followed by base64") from None
+            raise ConfigError(f"{name}: whsec_ must be followed by base64") from None
         if len(key) < 16:
-            raise ConfigError("NOTIFY_WEBHOOK_SECRET: the key must be at least 16 bytes")
+            raise ConfigError(f"{name}: the key must be at least 16 bytes")
         return SecretStr(raw)
 
     @field_validator("notify_webhook_url")
@@ -252,6 +257,29 @@ class Settings(BaseSettings):
         if info.data.get("notify_webhook_secret") is None:
             raise ConfigError("NOTIFY_WEBHOOK_URL: is set but NOTIFY_WEBHOOK_SECRET is not")
         return SecretStr(raw)
+
+    @field_validator("agent_webhook_url")
+    @classmethod
+    def _agent_webhook_url(cls, value: SecretStr | None, info: Any) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        raw = value.get_secret_value().strip()
+        import httpx
+
+        try:
+            url = httpx.URL(raw)
+        except (httpx.InvalidURL, ValueError):
+            url = None
+        if url is None or url.scheme not in {"http", "https"} or not url.host:
+            raise ConfigError("AGENT_WEBHOOK_URL: must be an http:// or https:// URL")
+        if info.data.get("agent_webhook_secret") is None:
+            raise ConfigError("AGENT_WEBHOOK_URL: is set but AGENT_WEBHOOK_SECRET is not")
+        return SecretStr(raw)
+
+    @property
+    def agent_webhook_enabled(self) -> bool:
+        """Whether member messages record agent webhook events."""
+        return self.agent_webhook_url is not None
 
     @field_validator("notify_lease_s")
     @classmethod

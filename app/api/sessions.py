@@ -112,6 +112,7 @@ async def send_message(
         content=body.content,
         idempotency_key=idempotency_key,
         redact_kinds=settings.redact,
+        agent_events=settings.agent_webhook_enabled,
     )
     if not created:
         response.status_code = status.HTTP_200_OK

@@ -23,6 +23,8 @@ MESSAGE_COLUMNS = (
 
 # One round trip: lock the conversation (inserts into it queue here; the seq trigger
 # relies on it), refuse archived ones, and insert unless the idempotency key was seen.
+# With $6 true (an agent webhook is configured) a new `user` message also writes its
+# `message.created` outbox event, in the same statement and so the same transaction.
 # A hot path: run with exec_driver_sql (asyncpg's $n parameters), past SQLAlchemy's
 # compile and result layers.
 _APPEND = """
@@ -35,6 +37,10 @@ WITH conversation AS (
     ON CONFLICT (conversation_id, idempotency_key) WHERE idempotency_key IS NOT NULL
     DO NOTHING
     RETURNING {columns}
+), agent_event AS (
+    INSERT INTO notification_events (type, conversation_id, message_id)
+    SELECT 'message.created', conversation_id, id FROM inserted
+    WHERE role = 'user' AND $6::boolean
 )
 SELECT conversation.id AS found_conversation_id, conversation.status AS conversation_status,
        inserted.*
@@ -58,6 +64,7 @@ async def append(
     conversation_id: uuid.UUID | None = None,
     redact_kinds: frozenset[str] = ALL_KINDS,
     author_id: uuid.UUID | None = None,
+    agent_events: bool = False,
 ) -> tuple[Record, bool]:
     """Append a message to a conversation (by session id or id); returns (message, created).
 
@@ -65,7 +72,8 @@ async def append(
     a repeated Idempotency-Key is compared with are both the redacted text. A repeat
     with the same role, content and author returns the original message and stores
     nothing; with anything else it is Unprocessable. `author_id` names the staff member
-    of a `staff` message.
+    of a `staff` message. `agent_events`: an agent webhook is configured, so a new `user`
+    message records its `message.created` event with it.
     """
     if (session_id is None) == (conversation_id is None):
         raise ValueError("give exactly one of session_id, conversation_id")
@@ -75,7 +83,7 @@ async def append(
     key = session_id if session_id is not None else conversation_id
     row = (
         await connection.exec_driver_sql(
-            statement, (key, role, content, idempotency_key, author_id)
+            statement, (key, role, content, idempotency_key, author_id, agent_events)
         )
     ).one_or_none()
     if row is None:
