@@ -405,3 +405,40 @@ def test_an_agent_url_without_a_whsec_secret_fails_start_up() -> None:
             agent_webhook_url="ftp://agent.example",
             agent_webhook_secret=AGENT_SECRET,
         )
+
+
+@pytest.mark.parametrize("hot_paths", [True, False], ids=["hot path", "fastapi"])
+async def test_the_hot_path_and_the_route_both_record_the_event(
+    database_url: str,
+    sessions: async_sessionmaker[AsyncSession],
+    receiver: Receiver,
+    hot_paths: bool,
+) -> None:
+    from asgi_lifespan import LifespanManager
+
+    from app.main import create_app
+
+    application = create_app(agent_settings(database_url, receiver.url))
+    async with LifespanManager(application):
+        if not application.state.hot_paths and hot_paths:
+            pytest.skip("no hot path behind a transaction pooler")
+        application.state.hot_paths = hot_paths
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            opened = await _open(http)
+            asked = await _say(http, opened["session_id"], "hello")
+            replay = await http.post(
+                f"{API}/sessions/{opened['session_id']}/messages",
+                json={"content": "keyed"},
+                headers={"Idempotency-Key": "k-1"},
+            )
+            again = await http.post(
+                f"{API}/sessions/{opened['session_id']}/messages",
+                json={"content": "keyed"},
+                headers={"Idempotency-Key": "k-1"},
+            )
+    assert (replay.status_code, again.status_code) == (201, 200)
+    async with sessions() as session:
+        recorded = list(await session.scalars(select(NotificationEvent.message_id)))
+    # One event per stored message; the replay stored nothing and recorded nothing.
+    assert sorted(map(str, recorded)) == sorted([asked["id"], replay.json()["id"]])
