@@ -55,6 +55,8 @@ OLDEST_PENDING_AGE = Gauge(
 )
 
 USER_AGENT = "member-support-notify/1.0"
+# Connections one worker uses at once to record a batch's outcomes.
+RECORD_CONCURRENCY = 4
 
 
 def backoff_seconds(attempt: int, *, base_s: float, cap_s: float) -> float:
@@ -175,8 +177,10 @@ class NotificationWorker:
                     log.warning("notify_database_unavailable")
                 else:
                     log.exception("notify_cycle_failed")
-            if claimed < settings.notify_batch_size:
+            if claimed == 0:
                 # Backlog drained (or an error): wait for the next poll or the stop signal.
+                # A short batch does not mean drained: a conversation's next message
+                # falls due as soon as this batch's outcomes are recorded.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=settings.notify_poll_interval_s)
         log.info("notify_stopped")
@@ -204,8 +208,17 @@ class NotificationWorker:
                 for event in events
             )
         )
-        for event, error in zip(events, errors, strict=True):
-            await self._record(event, error)
+        # Outcomes are recorded a few at a time: a conversation's next message is held
+        # until its predecessor's outcome is committed, so this is on the critical path.
+        gate = asyncio.Semaphore(RECORD_CONCURRENCY)
+
+        async def record(event: ClaimedEvent, error: str | None) -> None:
+            async with gate:
+                await self._record(event, error)
+
+        await asyncio.gather(
+            *(record(event, error) for event, error in zip(events, errors, strict=True))
+        )
         return len(events)
 
     async def update_gauge(self) -> None:
