@@ -208,8 +208,18 @@ class NotificationWorker:
                 for event in events
             )
         )
-        # Outcomes are recorded a few at a time: a conversation's next message is held
-        # until its predecessor's outcome is committed, so this is on the critical path.
+        # A conversation's next message waits until its predecessor's outcome is
+        # committed, so recording is on the critical path: the agent events delivered
+        # are recorded in one statement, the rest a few at a time.
+        outcomes = list(zip(events, errors, strict=True))
+        delivered = [e for e, error in outcomes if error is None and e.type == MESSAGE_CREATED]
+        if delivered:
+            async with self._sessionmaker() as session, session.begin():
+                held = await notifications.mark_delivered_many(
+                    session, held=[(event.id, event.attempt) for event in delivered]
+                )
+            for event in delivered:
+                self._report(event, None, held=event.id in held, retry_in=None)
         gate = asyncio.Semaphore(RECORD_CONCURRENCY)
 
         async def record(event: ClaimedEvent, error: str | None) -> None:
@@ -217,7 +227,11 @@ class NotificationWorker:
                 await self._record(event, error)
 
         await asyncio.gather(
-            *(record(event, error) for event, error in zip(events, errors, strict=True))
+            *(
+                record(event, error)
+                for event, error in outcomes
+                if not (error is None and event.type == MESSAGE_CREATED)
+            )
         )
         return len(events)
 
@@ -266,13 +280,6 @@ class NotificationWorker:
 
     async def _record(self, event: ClaimedEvent, error: str | None) -> None:
         settings = self._settings
-        ids = {
-            "event_id": str(event.id),
-            "escalation_id": None if event.escalation_id is None else str(event.escalation_id),
-            "message_id": None if event.message_id is None else str(event.message_id),
-            "type": event.type,
-            "attempt": event.attempt,
-        }
         retry_in: float | None = None
         async with self._sessionmaker() as session, session.begin():
             if error is None:
@@ -299,6 +306,19 @@ class NotificationWorker:
                     error=error,
                     retry_in_s=retry_in,
                 )
+        self._report(event, error, held=held, retry_in=retry_in)
+
+    def _report(
+        self, event: ClaimedEvent, error: str | None, *, held: bool, retry_in: float | None
+    ) -> None:
+        """Count and log a recorded outcome (ids only, never the body or the URL)."""
+        ids = {
+            "event_id": str(event.id),
+            "escalation_id": None if event.escalation_id is None else str(event.escalation_id),
+            "message_id": None if event.message_id is None else str(event.message_id),
+            "type": event.type,
+            "attempt": event.attempt,
+        }
         if not held:
             log.warning("notification_lease_lost", extra=ids)
         elif error is None:
