@@ -43,8 +43,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from langchain_core.chat_history import BaseChatMessageHistory
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+try:
+    from langchain_core.chat_history import BaseChatMessageHistory
+    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+except ImportError as missing:  # pragma: no cover - the extra is installed where tested
+    raise ImportError(
+        "app.integrations.langchain needs the 'langchain' extra: "
+        "pip install 'member-support[langchain]' (or uv sync --extra langchain)"
+    ) from missing
 
 from app.client import ServiceClient
 from app.schemas import Message, Role
