@@ -18,13 +18,23 @@ import pytest
 
 pytest.importorskip("langchain_core")
 
-from conftest import SERVICE_KEY
+from conftest import SERVICE_KEY, fresh_database
 from ops_support import fetch_value, free_port, run, running_server
+
+from app.migrations import upgrade_to_head
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"example-agent-secret-0123456789").decode()
 ANSWER = "Thanks for your message! Happy to help with that."
 SERVICE = {"Authorization": f"Bearer {SERVICE_KEY}"}
+
+
+@pytest.fixture
+def served_database(server_url: str) -> Iterator[str]:
+    """A database of the test's own (a live server commits; nothing leaks into others)."""
+    with fresh_database(server_url) as url:
+        upgrade_to_head(url)
+        yield url
 
 
 @contextlib.contextmanager
@@ -113,8 +123,9 @@ def _wait(check: Any, timeout_s: float) -> float:
 
 
 def test_a_member_gets_the_agents_answer_and_the_agent_steps_back_at_handoff(
-    database_url: str, tmp_path: Path
+    served_database: str, tmp_path: Path
 ) -> None:
+    database_url = served_database
     agent_port = free_port()
     with (
         running_server(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ pytest.importorskip("langchain_core")
 # its successor) but still ships it; the history class serves both.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-from conftest import SERVICE_KEY  # noqa: E402
+from conftest import SERVICE_KEY, fresh_database  # noqa: E402
 from helpers import add_messages, open_session  # noqa: E402
 from langchain_core.language_models.fake_chat_models import FakeListChatModel  # noqa: E402
 from langchain_core.messages import (  # noqa: E402
@@ -33,7 +34,16 @@ from sqlalchemy.ext.asyncio import AsyncSession  # noqa: E402
 
 from app.client import ServiceClient  # noqa: E402
 from app.integrations.langchain import ServiceChatMessageHistory  # noqa: E402
+from app.migrations import upgrade_to_head  # noqa: E402
 from app.repositories import staff as staff_repository  # noqa: E402
+
+
+@pytest.fixture
+def served_database(server_url: str) -> Iterator[str]:
+    """A database of the test's own (a live server commits; nothing leaks into others)."""
+    with fresh_database(server_url) as url:
+        upgrade_to_head(url)
+        yield url
 
 
 @pytest.fixture
@@ -168,8 +178,8 @@ async def test_roles_map_both_ways(service: ServiceClient, db: AsyncSession) -> 
         await history.aclear()
 
 
-def test_the_sync_methods_against_a_running_service(database_url: str, tmp_path: Path) -> None:
-    with running_server(database_url, tmp_path) as (_, base_url):
+def test_the_sync_methods_against_a_running_service(served_database: str, tmp_path: Path) -> None:
+    with running_server(served_database, tmp_path) as (_, base_url):
         service = ServiceClient(base_url, api_key=SERVICE_KEY)
         opened = httpx.post(f"{base_url}/api/v1/sessions", json={})
         conversation_id = opened.json()["conversation_id"]
