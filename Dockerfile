@@ -25,9 +25,14 @@ WORKDIR /app
 COPY --from=build --chown=app:app /app /app
 ENV PATH="/app/.venv/bin:$PATH" \
     PYTHONUNBUFFERED=1 \
-    LOG_FORMAT=json
+    LOG_FORMAT=json \
+    HTTP_MAX_HEADER_BYTES=16384 \
+    HTTP_HEADER_TIMEOUT_S=10 \
+    HTTP_KEEP_ALIVE_S=5 \
+    HTTP_LIMIT_CONCURRENCY=512
 USER app
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
+# `serve` applies the HTTP_* bounds above to every worker (README, "Deployment").
 CMD ["member-support", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -296,16 +296,39 @@ def _serve(settings: Settings, arguments: argparse.Namespace) -> None:
             host=arguments.host,
             port=arguments.port,
             workers=arguments.workers,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=30,
-            server_header=False,
+            **uvicorn_options(settings),
         )
     finally:
         if metrics_directory is not None:
             shutil.rmtree(metrics_directory, ignore_errors=True)
         if server is not None:
             server.cleanup()
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How `serve` runs uvicorn: logging, shutdown and what one client may hold."""
+    from functools import partial
+
+    from app.http_server import BoundedHttpToolsProtocol, HttpLimits
+
+    limits = HttpLimits(
+        max_header_bytes=settings.http_max_header_bytes,
+        header_timeout_s=settings.http_header_timeout_s,
+    )
+    return {
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 30,
+        "server_header": False,
+        # httptools with the request-head size and time bounds (app/http_server.py); a
+        # partial pickles, so each worker process gets the same limits.
+        "http": partial(BoundedHttpToolsProtocol, limits=limits),
+        # The same head size for the h11 parser, should anyone select it instead.
+        "h11_max_incomplete_event_size": settings.http_max_header_bytes,
+        "timeout_keep_alive": settings.http_keep_alive_s,
+        # Connections plus requests in progress per worker before new requests get 503.
+        "limit_concurrency": settings.http_limit_concurrency,
+    }
 
 
 def _prepare_metrics_directory(workers: int) -> Path | None:

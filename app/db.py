@@ -17,7 +17,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import TRANSACTION_CONFLICT_SCOPE_KEY
 from app.settings import DatabaseTarget, Settings
 
 
@@ -142,7 +144,67 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
+
+class RetryTransactionConflicts:
+    """ASGI layer: a request whose transaction hit a deadlock or serialization failure
+    runs once more, from the start, before the client sees anything.
+
+    The failed attempt's transaction was rolled back by the database and by the session
+    dependency before its error response was built, so the repeat cannot apply a write
+    twice. The error mapping (app.errors) marks such a response in the request scope; this
+    layer then discards it unsent and replays the request body it recorded. A second
+    conflict goes out as the 503 the mapping built.
+    """
+
+    def __init__(self, app: ASGIApp, attempts: int = 2) -> None:
+        self.app = app
+        self.attempts = attempts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received: list[Message] = []
+
+        async def recording_receive() -> Message:
+            message = await receive()
+            received.append(message)
+            return message
+
+        for attempt in range(1, self.attempts + 1):
+            scope.pop(TRANSACTION_CONFLICT_SCOPE_KEY, None)
+            last = attempt == self.attempts
+            if attempt == 1:
+                attempt_receive: Receive = recording_receive
+            else:
+                attempt_receive = _replay(list(received), recording_receive)
+            discarded = False
+
+            async def guarded_send(message: Message, last: bool = last) -> None:
+                nonlocal discarded
+                if message["type"] == "http.response.start" and not last:
+                    discarded = bool(scope.get(TRANSACTION_CONFLICT_SCOPE_KEY))
+                if not discarded:
+                    await send(message)
+
+            await self.app(scope, attempt_receive, guarded_send)
+            if not discarded:
+                return
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A receive() that hands back what an earlier attempt read, then reads on."""
+
+    async def replay() -> Message:
+        if messages:
+            return messages.pop(0)
+        return await receive()
+
+    return replay
+
+
 __all__ = [
+    "RetryTransactionConflicts",
     "Session",
     "SessionDep",
     "create_engine",

@@ -8,10 +8,14 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import exc as sa_exc
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("app.errors")
+
+# The status logged and counted for a request whose client left mid-body (never sent).
+CLIENT_CLOSED_REQUEST = 499
 
 
 class DomainError(Exception):
@@ -28,6 +32,12 @@ class NotFound(DomainError):
     status_code = 404
 
 
+class Unauthorized(DomainError):
+    """A member credential that does not check out (e.g. a wrong identity signature)."""
+
+    status_code = 401
+
+
 class Conflict(DomainError):
     status_code = 409
 
@@ -36,6 +46,16 @@ class Unprocessable(DomainError):
     """Well-formed input the current state refuses (e.g. an Idempotency-Key reused)."""
 
     status_code = 422
+
+
+class TooManyRequests(DomainError):
+    """A member limit is reached; the client may try again after `retry_after_s` seconds."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = max(1, retry_after_s)
 
 
 class DatabaseUnavailable(Exception):
@@ -50,6 +70,11 @@ _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57", "58")
 _UNIQUE_VIOLATION = "23505"
 _FOREIGN_KEY_VIOLATION = "23503"
 _CHECK_VIOLATIONS = ("23514", "23502", "22001", "22021", "22P05", "22P02")
+# Serialization failure and deadlock: the database rolled the transaction back and a
+# fresh attempt may well succeed. RetryTransactionConflicts (app.db) runs the request
+# once more; a second failure is answered 503, never 500.
+TRANSACTION_CONFLICT_SQLSTATES = ("40001", "40P01")
+TRANSACTION_CONFLICT_SCOPE_KEY = "app.transaction_conflict"
 
 
 def _sqlstate(error: BaseException) -> str | None:
@@ -59,6 +84,18 @@ def _sqlstate(error: BaseException) -> str | None:
         if isinstance(code, str):
             return code
     return None
+
+
+def is_transaction_conflict(error: BaseException) -> bool:
+    """True for a serialization failure or a deadlock (the transaction was rolled back)."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return False
+        if _sqlstate(seen) in TRANSACTION_CONFLICT_SQLSTATES:
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def is_unavailable(error: BaseException) -> bool:
@@ -112,7 +149,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DomainError)
     async def _domain(_: Request, error: DomainError) -> JSONResponse:
-        return JSONResponse(_body(error.detail), status_code=error.status_code)
+        headers = (
+            {"Retry-After": str(error.retry_after_s)}
+            if isinstance(error, TooManyRequests)
+            else None
+        )
+        return JSONResponse(_body(error.detail), status_code=error.status_code, headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_abort(request: Request, _: ClientDisconnect) -> Response:
+        # The client went away before its body arrived: nothing was done, nobody is left
+        # to answer. 499 (nginx's "client closed request") keeps it out of the 5xx counts.
+        log.info("client_abort", extra={"path_template": _template(request)})
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -159,6 +208,19 @@ def database_error_response(request: Request, error: BaseException) -> JSONRespo
     """A database exception as its HTTP response: 503 for an outage, 4xx for bad input."""
     if is_unavailable(error):
         return _unavailable(request, error)
+    if is_transaction_conflict(error):
+        # Tells the retry layer this attempt may be repeated; if it is already the
+        # repeat, the client gets this 503.
+        request.scope[TRANSACTION_CONFLICT_SCOPE_KEY] = True
+        log.warning(
+            "transaction_conflict",
+            extra={"sqlstate": _sqlstate(error), "path_template": _template(request)},
+        )
+        return JSONResponse(
+            _body("The database was busy with a conflicting change, try again shortly"),
+            status_code=503,
+            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+        )
     code = _sqlstate(error)
     if code == _UNIQUE_VIOLATION:
         return JSONResponse(_body("Conflicts with an existing record"), status_code=409)

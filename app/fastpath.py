@@ -5,8 +5,9 @@ POST /api/v1/sessions/{id}/messages are most of a chat backend's traffic. When s
 request is plainly valid, this ASGI layer answers it with one statement on a pooled
 asyncpg connection and an orjson body: the same SQL as the repositories, the same
 status codes and bodies as the FastAPI routes (tests compare the two byte for byte).
-Anything else (a 404, a malformed query, an odd body, an idempotent replay, an archived
-conversation, a pooled connection behind a transaction pooler) is handed to FastAPI,
+Anything else (a 404, a malformed query, an odd body, two Content-Type headers, an
+idempotent replay, an archived conversation, a member over the message rate limit, a
+pooled connection behind a transaction pooler) is handed to FastAPI,
 which stays the one definition of the API, its validation and its OpenAPI document.
 
 Behind a transaction pooler this layer stands aside: there every statement must run in
@@ -26,9 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import jsonbody
 from app.errors import (
     UNAVAILABLE_DETAIL,
     UNAVAILABLE_RETRY_AFTER_S,
+    is_transaction_conflict,
     is_unavailable,
     note_unavailable,
 )
@@ -107,12 +110,14 @@ class HotPaths:
         engine: Callable[[], AsyncEngine | None],
         message_max_chars: int,
         redact_kinds: frozenset[str],
+        member_messages_per_minute: int,
         agent_events: bool = False,
     ) -> None:
         self.app = app
         self.engine = engine
         self.message_max_chars = message_max_chars
         self.redact_kinds = redact_kinds
+        self.member_messages_per_minute = member_messages_per_minute
         # As messages.append: the same statement records the agent webhook's event.
         self.agent_events = agent_events
 
@@ -217,13 +222,17 @@ class HotPaths:
                 "user",
                 content,
                 idempotency_key,
-                None,
+                self.member_messages_per_minute,
                 self.agent_events,
             )
 
         try:
             row = await self._with_connection(append)
         except Exception as error:
+            if is_transaction_conflict(error):
+                # The one statement failed and wrote nothing: FastAPI retries and maps it.
+                await self.app(scope, replay, send)
+                return
             if not is_unavailable(error):
                 raise
             # Unknown outcome, as on the framework path: the client retries with its key.
@@ -231,8 +240,9 @@ class HotPaths:
             await _respond(send, 503, _UNAVAILABLE, _RETRY_AFTER)
             return
         if row is None or row["id"] is None:
-            # Unknown session, archived conversation or a replay: all decided by FastAPI
-            # (the replay reads the original; nothing was written here).
+            # Unknown session, archived conversation, a replay or the member's rate limit
+            # reached: all decided by FastAPI, which runs the same statement again (the
+            # replay reads the original; nothing was written or counted here).
             await self.app(scope, replay, send)
             return
         report(redactions, table="messages")
@@ -241,20 +251,22 @@ class HotPaths:
     def _plain_message(self, scope: Scope, body: bytes, more: bool) -> tuple[str, str | None]:
         if more:
             raise _HandOver
-        content_type = b""
+        content_type: bytes | None = None
         idempotency_key: str | None = None
         for name, value in scope["headers"]:
             if name == b"content-type":
+                if content_type is not None:  # two: FastAPI refuses the ambiguity
+                    raise _HandOver
                 content_type = value
             elif name == b"idempotency-key":
                 if idempotency_key is not None or not 1 <= len(value) <= 255:
                     raise _HandOver
                 idempotency_key = value.decode("latin-1")
-        if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
+        if (content_type or b"").split(b";", 1)[0].strip().lower() != b"application/json":
             raise _HandOver
         try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            parsed = jsonbody.loads(body)
+        except (jsonbody.JSONInvalid, jsonbody.JSONTooDeep):
             raise _HandOver from None
         if not isinstance(parsed, dict) or len(parsed) != 1:
             raise _HandOver

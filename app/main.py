@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import conversations, escalations, notifications, ops, sessions, stats, users
-from app.db import create_engine, create_sessionmaker
+from app.db import RetryTransactionConflicts, create_engine, create_sessionmaker
 from app.errors import install_error_handlers
 from app.fastpath import HotPaths
 from app.metrics import ApiCounters, ObserveRequests, RouteTemplates, forget_pool, observe_pool
@@ -161,13 +161,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     install_error_handlers(app)
 
-    # Innermost, so CORS headers, counters, metrics and request logs still apply.
+    # Innermost: a request repeated after a deadlock or serialization failure is one
+    # request to everything outside (metrics, logs), and hot-path hand-overs get it too.
+    app.add_middleware(RetryTransactionConflicts)
+    # Next, so CORS headers, counters, metrics and request logs still apply.
     app.state.hot_paths = not settings.transaction_pooler
     app.add_middleware(
         HotPaths,
         engine=lambda: getattr(app.state, "engine", None) if app.state.hot_paths else None,
         message_max_chars=settings.message_max_chars,
         redact_kinds=settings.redact,
+        member_messages_per_minute=settings.member_messages_per_minute,
         agent_events=settings.agent_webhook_enabled,
     )
     if settings.cors_origins:

@@ -1,4 +1,5 @@
-"""The ORM tables (users, conversations, messages, escalations, the outbox, staff)."""
+"""The ORM tables: users, conversations, messages, escalations, the outbox, the member
+message windows, staff and the escalation audit trail (SQLAlchemy 2)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
@@ -80,11 +82,26 @@ class User(Base):
     __tablename__ = "users"
 
     id: Mapped[uuid.UUID] = _uuid_pk()
-    email: Mapped[str | None] = mapped_column(String(255), unique=True)
+    email: Mapped[str | None] = mapped_column(String(255))
+    # True only for an email the credit union's app signed (identity verification);
+    # an email a member types is never verified.
+    email_verified: Mapped[bool] = mapped_column(Boolean, server_default=false())
     name: Mapped[str | None] = mapped_column(String(255))
     phone: Mapped[str | None] = mapped_column(String(50))
     created_at: Mapped[datetime | None] = _created_at()
     updated_at: Mapped[datetime | None] = _updated_at()
+
+    __table_args__ = (
+        # Only verified users are unique by email; typed emails may repeat.
+        Index(
+            "uq_users_email_verified",
+            "email",
+            unique=True,
+            postgresql_where=text("email_verified"),
+        ),
+        # The service's look-up by email, verified or not.
+        Index("ix_users_email", "email"),
+    )
 
 
 class Conversation(Base):
@@ -272,3 +289,18 @@ class EscalationAudit(Base):
         CheckConstraint(_in_list("action", AUDIT_ACTIONS), name="action"),
         Index("ix_escalation_audit_escalation_id_id", "escalation_id", "id"),
     )
+
+
+class MemberMessageWindow(Base):
+    """The member message rate limit: how many messages a conversation's member sent in
+    the window that opened at `window_start` (app.repositories.messages)."""
+
+    __tablename__ = "member_message_windows"
+
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    messages: Mapped[int] = mapped_column(Integer)

@@ -3,11 +3,20 @@ events) and the agent webhook (`message.created`), signed per Standard Webhooks,
 least once. One worker serves both; each event type goes to its own URL with its own
 secret, and only the types whose webhook is configured are claimed.
 
-Each cycle claims a batch under a lease in one short transaction, POSTs the batch
-concurrently outside any transaction, then records every outcome in a short
-transaction of its own. A 2xx delivers the event (and for `escalation.created` moves
-the escalation pending → notified in that same transaction); anything else is retried
-with exponential backoff and jitter until NOTIFY_MAX_ATTEMPTS, then parked as failed.
+The worker keeps up to NOTIFY_BATCH_SIZE deliveries in flight. Free slots are filled
+by claiming due events under a lease in one short transaction; each event is POSTed
+outside any transaction, under a deadline for the whole request (NOTIFY_TIMEOUT_S:
+connecting, sending and the answer's headers together, however slowly the receiver
+dribbles bytes), and its outcome is recorded in a short transaction of its own as
+soon as it is known. So a slow or hung receiver holds one slot for at most the
+deadline and never delays the other deliveries. The lease is longer than twice the
+deadline (a start-up check), so a POST cut by the deadline is recorded before any
+other worker may take the event over: no second delivery while the first is in flight.
+
+A 2xx delivers the event (and for `escalation.created` moves the escalation
+pending → notified in that same transaction); anything else is retried with
+exponential backoff and jitter until NOTIFY_MAX_ATTEMPTS, then parked as failed. The
+backlog gauge is refreshed by its own periodic task, whatever the deliveries do.
 Polling only (no LISTEN), so it is safe behind a transaction pooler.
 """
 
@@ -19,6 +28,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -55,8 +65,7 @@ OLDEST_PENDING_AGE = Gauge(
 )
 
 USER_AGENT = "member-support-notify/1.0"
-# Connections one worker uses at once to record a batch's outcomes.
-RECORD_CONCURRENCY = 4
+DEADLINE_ERROR = "deadline exceeded"
 
 
 def backoff_seconds(attempt: int, *, base_s: float, cap_s: float) -> float:
@@ -117,8 +126,18 @@ class NotificationWorker:
             if url is not None and secret is not None:
                 target = (url.get_secret_value(), Webhook(secret.get_secret_value()))
                 self._targets.update(dict.fromkeys(types, target))
+        self._wake_on_completion = MESSAGE_CREATED in self._targets
+        # The body data of claimed member-message events, until they are POSTed.
+        self._agent_data: dict[uuid.UUID, dict[str, Any] | None] = {}
         self._client = httpx.AsyncClient(
+            # httpx's timeouts are per phase and per read; the whole-request deadline is
+            # the asyncio timeout in _post. These only fail faster on a dead peer.
             timeout=settings.notify_timeout_s,
+            # One connection per slot: a delivery never waits for a pooled connection.
+            limits=httpx.Limits(
+                max_connections=settings.notify_batch_size,
+                max_keepalive_connections=settings.notify_batch_size,
+            ),
             follow_redirects=False,
             headers={"user-agent": USER_AGENT},
             transport=transport,
@@ -167,72 +186,55 @@ class NotificationWorker:
                 "max_attempts": settings.notify_max_attempts,
             },
         )
-        while not stop.is_set():
-            claimed = 0
-            try:
-                claimed = await self.run_once()
-                await self.update_gauge()
-            except Exception as error:
-                if is_unavailable(error):
-                    log.warning("notify_database_unavailable")
-                else:
-                    log.exception("notify_cycle_failed")
-            if claimed == 0:
-                # Backlog drained (or an error): wait for the next poll or the stop signal.
-                # A short batch does not mean drained: a conversation's next message
-                # falls due as soon as this batch's outcomes are recorded.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=settings.notify_poll_interval_s)
+        gauge = asyncio.create_task(self._refresh_gauge(stop), name="notify-gauge")
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                free = settings.notify_batch_size - len(in_flight)
+                claimed: list[ClaimedEvent] = []
+                if free > 0:
+                    try:
+                        claimed = await self._claim(free)
+                    except Exception as error:
+                        _log_cycle_error(error)
+                    for event in claimed:
+                        task = asyncio.create_task(self._deliver(event), name="notify-delivery")
+                        in_flight.add(task)
+                        task.add_done_callback(in_flight.discard)
+                if free > 0 and len(claimed) == free:
+                    continue  # maybe more due: fill the next free slot at once
+                # Wait for the stop signal, the next poll, or (when every slot is busy)
+                # the first delivery to finish.
+                # With the agent webhook, any delivery's end: a conversation's next
+                # message falls due as soon as the one before it is recorded.
+                waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
+                if len(in_flight) >= settings.notify_batch_size or self._wake_on_completion:
+                    waiters |= set(in_flight)
+                _, pending = await asyncio.wait(
+                    waiters,
+                    timeout=settings.notify_poll_interval_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for waiter in pending - in_flight:
+                    waiter.cancel()
+            if in_flight:
+                # Each is bounded by the deadline plus one short transaction.
+                await asyncio.wait(in_flight, timeout=self.shutdown_grace_s)
+        finally:
+            gauge.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gauge
+            for task in in_flight:
+                task.cancel()
         log.info("notify_stopped")
 
     async def run_once(self) -> int:
-        """Claim, deliver and record one batch; the number of events claimed."""
+        """Claim one batch, deliver it concurrently, record each outcome as it completes."""
         if not self.enabled:
             return 0
-        async with self._sessionmaker() as session, session.begin():
-            events = await notifications.claim(
-                session,
-                batch_size=self._settings.notify_batch_size,
-                lease_s=self._settings.notify_lease_s,
-                types=sorted(self._targets),
-            )
-            agent_data = await agent_events.payload_data(
-                session, message_ids=[event.message_id for event in events if event.message_id]
-            )
-        if not events:
-            return 0
-        # No transaction (and so no row lock) is open while the receiver is answering.
-        errors = await asyncio.gather(
-            *(
-                self._post(event, agent_data.get(event.message_id) if event.message_id else None)
-                for event in events
-            )
-        )
-        # A conversation's next message waits until its predecessor's outcome is
-        # committed, so recording is on the critical path: the agent events delivered
-        # are recorded in one statement, the rest a few at a time.
-        outcomes = list(zip(events, errors, strict=True))
-        delivered = [e for e, error in outcomes if error is None and e.type == MESSAGE_CREATED]
-        if delivered:
-            async with self._sessionmaker() as session, session.begin():
-                held = await notifications.mark_delivered_many(
-                    session, held=[(event.id, event.attempt) for event in delivered]
-                )
-            for event in delivered:
-                self._report(event, None, held=event.id in held, retry_in=None)
-        gate = asyncio.Semaphore(RECORD_CONCURRENCY)
-
-        async def record(event: ClaimedEvent, error: str | None) -> None:
-            async with gate:
-                await self._record(event, error)
-
-        await asyncio.gather(
-            *(
-                record(event, error)
-                for event, error in outcomes
-                if not (error is None and event.type == MESSAGE_CREATED)
-            )
-        )
+        events = await self._claim(self._settings.notify_batch_size)
+        # No transaction (and so no row lock) is open while the receivers are answering.
+        await asyncio.gather(*(self._deliver(event) for event in events))
         return len(events)
 
     async def update_gauge(self) -> None:
@@ -240,6 +242,43 @@ class NotificationWorker:
         async with self._sessionmaker() as session, session.begin():
             age = await notifications.oldest_pending_age_s(session)
         OLDEST_PENDING_AGE.set(age or 0.0)
+
+    async def _refresh_gauge(self, stop: asyncio.Event) -> None:
+        """The gauge's own loop, every poll interval: deliveries in flight never freeze it."""
+        while not stop.is_set():
+            try:
+                await self.update_gauge()
+            except Exception as error:
+                _log_cycle_error(error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self._settings.notify_poll_interval_s)
+
+    async def _claim(self, limit: int) -> list[ClaimedEvent]:
+        """Take due events of the configured webhooks; a member message's event comes
+        with its body's `data`, read in the same transaction."""
+        async with self._sessionmaker() as session, session.begin():
+            events = await notifications.claim(
+                session,
+                batch_size=limit,
+                lease_s=self._settings.notify_lease_s,
+                types=sorted(self._targets),
+            )
+            agent_data = await agent_events.payload_data(
+                session, message_ids=[event.message_id for event in events if event.message_id]
+            )
+        for event in events:
+            if event.message_id is not None:
+                self._agent_data[event.id] = agent_data.get(event.message_id)
+        return events
+
+    async def _deliver(self, event: ClaimedEvent) -> None:
+        """POST one event and record its outcome; errors are logged, never raised."""
+        try:
+            error = await self._post(event, self._agent_data.pop(event.id, None))
+            await self._record(event, error)
+        except Exception as error:
+            # The event stays leased; when the lease runs out it is due again.
+            _log_cycle_error(error)
 
     def sign(
         self, message_id: str, body: str, event_type: str = notifications.CREATED
@@ -269,12 +308,20 @@ class NotificationWorker:
         # The event id is the webhook-id on every attempt, so receivers can drop repeats.
         headers = self.sign(str(event.id), body, event.type)
         try:
-            async with self._client.stream(
-                "POST", url, content=body.encode(), headers=headers
-            ) as response:
+            # One deadline for the whole exchange, up to the answer's status and headers
+            # (the body is never read): a receiver dribbling a byte at a time cannot
+            # stretch it the way it stretches a per-read timeout.
+            async with (
+                asyncio.timeout(self._settings.notify_timeout_s),
+                self._client.stream(
+                    "POST", url, content=body.encode(), headers=headers
+                ) as response,
+            ):
                 if 200 <= response.status_code < 300:
                     return None
                 return f"HTTP {response.status_code}"
+        except TimeoutError:
+            return DEADLINE_ERROR
         except (httpx.HTTPError, httpx.InvalidURL) as error:
             return type(error).__name__
 
@@ -333,6 +380,13 @@ class NotificationWorker:
                 "notification_retry_scheduled",
                 extra={**ids, "error": error, "retry_in_s": round(retry_in, 1)},
             )
+
+
+def _log_cycle_error(error: BaseException) -> None:
+    if is_unavailable(error):
+        log.warning("notify_database_unavailable")
+    else:
+        log.exception("notify_cycle_failed")
 
 
 async def _mark_notified(session: AsyncSession, event: ClaimedEvent) -> None:

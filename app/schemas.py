@@ -114,7 +114,12 @@ _ESCALATION_EXAMPLE: dict[str, Any] = {
     **_ESCALATION_SUMMARY_EXAMPLE,
     "conversation_id": "4f1c2a9e-8b7d-4e3f-9a01-2b3c4d5e6f70",
     "original_request": "Please raise my limit",
-    "contact_info": {"name": "Ada", "email": "ada@example.org", "preferred_channel": "phone"},
+    "contact_info": {
+        "name": "Ada",
+        "email": "ada@example.org",
+        "email_verified": False,
+        "preferred_channel": "phone",
+    },
     "conversation_context": "user: How do I raise my card limit?\nassistant: I can connect you.",
     "assignee_id": "0d1c4a52-9d3e-4a57-9c86-5a0d2c1f7e10",
     "first_response_at": "2026-11-24T09:44:10.000000+00:00",
@@ -142,6 +147,15 @@ _CONVERSATION_EXAMPLE: dict[str, Any] = {
 # --- members ---------------------------------------------------------------------------
 
 
+class Identity(ApiModel):
+    """An email the credit union's app vouches for: hex(HMAC-SHA256(IDENTITY_SECRET, email))."""
+
+    email: Email = Field(description="Signed as the service stores it: trimmed, lower-cased")
+    signature: Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{64}$")] = Field(
+        description="64 hex digits of HMAC-SHA256 over the email's UTF-8 bytes"
+    )
+
+
 class SessionCreate(ApiModel):
     session_id: Annotated[str, Field(pattern=SESSION_ID_PATTERN)] | None = Field(
         default=None,
@@ -150,10 +164,32 @@ class SessionCreate(ApiModel):
     name: Name | None = None
     email: Email | None = None
     phone: Phone | None = None
+    identity: Identity | None = Field(
+        default=None,
+        description="A verified identity: the conversation joins that member's verified user.",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"name": "Ada", "email": "ada@example.org"}]}
     )
+
+    @model_validator(mode="after")
+    def _one_email(self) -> SessionCreate:
+        if self.identity is not None and self.email not in (None, self.identity.email):
+            raise ValueError("email must be left out or match identity.email")
+        return self
+
+
+_IDENTITY_EXAMPLE: dict[str, Any] = {
+    "email": "ada@example.org",
+    "signature": "5c1e0f4ad0b4a9a8e3f1d2c6b7a8e9f00112233445566778899aabbccddeeff0",
+}
+
+
+class IdentityAttach(ApiModel):
+    identity: Identity
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"identity": _IDENTITY_EXAMPLE}]})
 
 
 class Session(ApiModel):
@@ -336,6 +372,7 @@ class User(ApiModel):
                 {
                     "id": "0b6f3c1e-2d4a-4c5b-8e9f-1a2b3c4d5e6f",
                     "email": "ada@example.org",
+                    "email_verified": False,
                     "name": "Ada",
                     "phone": "+1 555 0100",
                     "created_at": "2026-11-24T09:30:00.123456+00:00",
@@ -347,6 +384,9 @@ class User(ApiModel):
 
     id: uuid.UUID
     email: str | None
+    email_verified: bool = Field(
+        description="True only for an email the credit union's app signed; typed emails are not"
+    )
     name: str | None
     phone: str | None
     created_at: Timestamp

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 import ssl
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from app.redact import ALL_KINDS, parse_kinds
+from app.schemas import ISSUE_TYPE_PATTERN
 
 PoolerMode = Literal["auto", "transaction", "direct"]
 
@@ -24,6 +26,7 @@ SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 # Query parameters we translate; anything else is refused rather than passed to asyncpg,
 # which would fail later with an obscure TypeError.
 KNOWN_QUERY_PARAMETERS = {"sslmode", "ssl", "pgbouncer", "sslrootcert", "host"}
+ISSUE_TYPE = re.compile(ISSUE_TYPE_PATTERN)
 
 
 class ConfigError(ValueError):
@@ -131,6 +134,20 @@ def split_api_key(entry: str) -> tuple[str, str]:
     return name, key
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a URL's host is this machine: localhost, 127.0.0.0/8 or ::1."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
 def _split_csv(value: Any) -> Any:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -159,11 +176,20 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     message_max_chars: int = Field(default=8000, ge=1, le=1_000_000)
     sla_first_response_minutes: int = Field(default=15, ge=1, le=10_080)
+    # The key the credit union's app signs member emails with (identity verification);
+    # unset: identity verification is off.
+    identity_secret: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "console"] = "console"
     workers: int = Field(default=1, ge=1, le=256)
-    # Escalation notifications (README, "Escalation notifications"). The secret comes
-    # first so the URL's validator can see it.
+    # What one client may hold of a worker (README, "Deployment").
+    http_max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
+    http_header_timeout_s: float = Field(default=10, gt=0, le=300)
+    http_keep_alive_s: int = Field(default=5, ge=1, le=3600)
+    http_limit_concurrency: int = Field(default=512, ge=1, le=100_000)
+    # Escalation notifications (README, "Escalation notifications"). The secret and the
+    # http:// switch come first so the URL's validator can see them.
+    webhook_allow_http: bool = False
     notify_webhook_secret: SecretStr | None = None
     notify_webhook_url: SecretStr | None = None
     notify_max_attempts: int = Field(default=12, ge=1, le=100)
@@ -172,7 +198,8 @@ class Settings(BaseSettings):
     notify_poll_interval_s: float = Field(default=2, gt=0, le=3600)
     notify_batch_size: int = Field(default=20, ge=1, le=500)
     notify_timeout_s: float = Field(default=5, gt=0, le=60)
-    notify_lease_s: float = Field(default=60, gt=0, le=3600)
+    # Validated even when left at its default, since NOTIFY_TIMEOUT_S may have moved.
+    notify_lease_s: float = Field(default=60, gt=0, le=3600, validate_default=True)
     notify_worker: bool = False
     # The agent webhook (README, "The agent webhook"): one message.created per member
     # message, delivered by the same worker. The secret first, as above.
@@ -180,8 +207,12 @@ class Settings(BaseSettings):
     agent_webhook_url: SecretStr | None = None
     # Card numbers and SSNs replaced before any message or escalation text is stored.
     redact: Annotated[frozenset[str], NoDecode] = ALL_KINDS
+    # Member abuse limits (README, Configuration; docs/API.md).
+    escalations_open_max: int = Field(default=3, ge=1, le=100)
+    escalation_issue_types: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    member_messages_per_minute: int = Field(default=30, ge=1, le=10_000)
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "escalation_issue_types", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -209,6 +240,17 @@ class Settings(BaseSettings):
             keys.add(key)
         return value
 
+    @field_validator("escalation_issue_types")
+    @classmethod
+    def _issue_types(cls, value: list[str]) -> list[str]:
+        for issue_type in value:
+            if not ISSUE_TYPE.fullmatch(issue_type):
+                raise ConfigError(
+                    f"ESCALATION_ISSUE_TYPES: {issue_type[:60]!r} is not a lower-case slug "
+                    "(a letter, then up to 49 of a-z, 0-9, _)"
+                )
+        return list(dict.fromkeys(value))
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
@@ -221,6 +263,16 @@ class Settings(BaseSettings):
             return None
         parse_database_url(value.get_secret_value(), info.field_name.upper())
         return value
+
+    @field_validator("identity_secret")
+    @classmethod
+    def _identity_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(value.get_secret_value().strip().encode()) < 32:
+            # HMAC-SHA256 with a short key is only as strong as the key.
+            raise ConfigError("IDENTITY_SECRET: must be at least 32 bytes (e.g. 64 hex digits)")
+        return SecretStr(value.get_secret_value().strip())
 
     @field_validator("notify_webhook_secret", "agent_webhook_secret")
     @classmethod
@@ -240,7 +292,7 @@ class Settings(BaseSettings):
             raise ConfigError(f"{name}: the key must be at least 16 bytes")
         return SecretStr(raw)
 
-    @field_validator("notify_webhook_url")
+    @field_validator("notify_webhook_url", "agent_webhook_url")
     @classmethod
     def _webhook_url(cls, value: SecretStr | None, info: Any) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
@@ -252,28 +304,24 @@ class Settings(BaseSettings):
             url = httpx.URL(raw)
         except (httpx.InvalidURL, ValueError):
             url = None
+        name = info.field_name.upper()
         if url is None or url.scheme not in {"http", "https"} or not url.host:
-            raise ConfigError("NOTIFY_WEBHOOK_URL: must be an http:// or https:// URL")
-        if info.data.get("notify_webhook_secret") is None:
-            raise ConfigError("NOTIFY_WEBHOOK_URL: is set but NOTIFY_WEBHOOK_SECRET is not")
-        return SecretStr(raw)
-
-    @field_validator("agent_webhook_url")
-    @classmethod
-    def _agent_webhook_url(cls, value: SecretStr | None, info: Any) -> SecretStr | None:
-        if value is None or not value.get_secret_value().strip():
-            return None
-        raw = value.get_secret_value().strip()
-        import httpx
-
-        try:
-            url = httpx.URL(raw)
-        except (httpx.InvalidURL, ValueError):
-            url = None
-        if url is None or url.scheme not in {"http", "https"} or not url.host:
-            raise ConfigError("AGENT_WEBHOOK_URL: must be an http:// or https:// URL")
-        if info.data.get("agent_webhook_secret") is None:
-            raise ConfigError("AGENT_WEBHOOK_URL: is set but AGENT_WEBHOOK_SECRET is not")
+            raise ConfigError(f"{name}: must be an http:// or https:// URL")
+        # Escalation payloads carry members' names, emails and phones, agent payloads
+        # their messages: in clear text only to this machine, unless the operator says
+        # otherwise.
+        if (
+            url.scheme == "http"
+            and not is_loopback_host(url.host)
+            and not info.data.get("webhook_allow_http")
+        ):
+            raise ConfigError(
+                f"{name}: http:// is only accepted for a loopback host (payloads carry "
+                "members' details); use https:// or set WEBHOOK_ALLOW_HTTP=true"
+            )
+        secret = name.removesuffix("_URL") + "_SECRET"
+        if info.data.get(secret.lower()) is None:
+            raise ConfigError(f"{name}: is set but {secret} is not")
         return SecretStr(raw)
 
     @property

@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conversations", type=int, default=100)
     parser.add_argument("--writers", type=int, default=10)
     parser.add_argument("--receiver-ms", type=float, default=20)
-    # NOTIFY_BATCH_SIZE: a conversation advances one message per cycle, so a burst over
-    # many conversations drains in fewer, larger cycles (README: the agent webhook).
+    # NOTIFY_BATCH_SIZE: deliveries in flight per worker, at most one per conversation,
+    # so a burst over many conversations needs many slots (README: the agent webhook).
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args(argv)

@@ -5,8 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from conftest import IDENTITY_SECRET
+
+from app.identity import sign
 
 API = "/api/v1"
+
+
+def identity(email: str, secret: str = IDENTITY_SECRET) -> dict[str, str]:
+    """An identity as the credit union's app signs it (email already normalised)."""
+    return {"email": email, "signature": sign(secret, email)}
 
 
 async def open_session(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:

@@ -37,6 +37,8 @@ from app.migrations import upgrade_to_head
 from app.settings import Settings
 
 SERVICE_KEY = "test-service-key-0123456789"
+# The key the tests sign member identities with (the credit union's app holds it).
+IDENTITY_SECRET = "test-identity-secret-0123456789abcdef"
 TABLES = "users, conversations, messages, escalations, staff"
 
 
@@ -142,6 +144,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
         "api_keys": SERVICE_KEY,
+        "identity_secret": IDENTITY_SECRET,
         "db_pooler": os.environ.get("TEST_DB_POOLER", "auto"),
         "_env_file": None,
     }
@@ -149,9 +152,15 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+# The shared app's member limits are raised: many tests post a conversation's worth of
+# messages or escalations at once. tests/test_abuse_limits.py checks the shipped defaults
+# on apps of its own.
+ROOMY_LIMITS: dict[str, Any] = {"member_messages_per_minute": 10_000, "escalations_open_max": 100}
+
+
 @pytest.fixture(scope="session")
 def settings(database_url: str, migration_url: str) -> Settings:
-    return make_settings(database_url, database_migration_url=migration_url)
+    return make_settings(database_url, database_migration_url=migration_url, **ROOMY_LIMITS)
 
 
 @pytest.fixture(scope="session")

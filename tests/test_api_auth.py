@@ -92,7 +92,7 @@ def test_no_member_route_asks_for_a_key(app: FastAPI) -> None:
         for key, security in _operations(app).items()
         if key[1].startswith(f"{API}/sessions")
     }
-    assert len(members) == 7
+    assert len(members) == 8
     assert all(security is None for security in members.values())
 
 

@@ -1,4 +1,4 @@
-"""PATCH /sessions/{id}/contact: normalisation, clearing, and the email relink rule."""
+"""PATCH /sessions/{id}/contact: normalisation, clearing, and only the session's own user."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import API, conversation, open_session, user_of
+from api_support import API, conversation, identity, open_session, user_of
 
 
 async def _patch(client: httpx.AsyncClient, session_id: str, body: Any) -> httpx.Response:
@@ -103,92 +103,66 @@ async def test_invalid_contact_bodies_are_refused_with_422(
     assert (await _patch(client, session["session_id"], body)).status_code == 422
 
 
-async def test_an_email_another_user_has_moves_the_conversation_to_that_user(
+async def test_an_email_another_user_has_stays_on_this_sessions_own_user(
     client: httpx.AsyncClient, service_headers: dict[str, str]
 ) -> None:
     known = await open_session(client, name="Known Member", email="member@example.org")
-    owner = await user_of(client, service_headers, known["conversation_id"])
-    anonymous = await open_session(client)
-    anonymous_user_id = (await conversation(client, service_headers, anonymous["conversation_id"]))[
-        "user_id"
-    ]
+    owner_before = await user_of(client, service_headers, known["conversation_id"])
+    other = await open_session(client)
+    own_id = (await conversation(client, service_headers, other["conversation_id"]))["user_id"]
 
-    response = await _patch(client, anonymous["session_id"], {"email": "MEMBER@example.org"})
+    response = await _patch(client, other["session_id"], {"email": "MEMBER@example.org"})
 
     assert response.status_code == 204
-    moved = await conversation(client, service_headers, anonymous["conversation_id"])
-    assert moved["user_id"] == owner["id"]
-    gone = await client.get(f"{API}/users/{anonymous_user_id}", headers=service_headers)
-    assert gone.status_code == 404
+    own = await user_of(client, service_headers, other["conversation_id"])
+    assert own["id"] == own_id
+    assert (own["email"], own["email_verified"]) == ("member@example.org", False)
+    assert await user_of(client, service_headers, known["conversation_id"]) == owner_before
 
 
-async def test_relinking_fills_only_the_owners_empty_fields(
-    client: httpx.AsyncClient, service_headers: dict[str, str]
-) -> None:
-    known = await open_session(client, name="Known Member", email="member@example.org")
-    before = await user_of(client, service_headers, known["conversation_id"])
-    anonymous = await open_session(client)
-
-    response = await _patch(
-        client,
-        anonymous["session_id"],
-        {"email": "member@example.org", "name": "Impostor", "phone": "+1 555 0199"},
-    )
-
-    assert response.status_code == 204
-    after = await user_of(client, service_headers, known["conversation_id"])
-    assert after["name"] == "Known Member"  # not overwritten
-    assert after["email"] == "member@example.org"
-    assert after["phone"] == "+1 555 0199"  # was empty: filled
-    assert after["id"] == before["id"]
-
-
-async def test_relinking_reveals_nothing_of_the_owner_to_the_session(
-    client: httpx.AsyncClient,
-) -> None:
-    await open_session(client, name="Known Member", email="member@example.org", phone="+1 555 0111")
-    anonymous = await open_session(client)
-    response = await _patch(client, anonymous["session_id"], {"email": "member@example.org"})
-    assert response.status_code == 204
-    session = await client.get(f"{API}/sessions/{anonymous['session_id']}")
-    assert "Known Member" not in session.text and "555 0111" not in session.text
-
-
-async def test_relinking_keeps_the_owners_other_conversations(
-    client: httpx.AsyncClient, service_headers: dict[str, str]
-) -> None:
-    known = await open_session(client, email="member@example.org")
-    owner = await user_of(client, service_headers, known["conversation_id"])
-    anonymous = await open_session(client)
-    await _patch(client, anonymous["session_id"], {"email": "member@example.org"})
-    listed = await client.get(
-        f"{API}/conversations", params={"user_id": owner["id"]}, headers=service_headers
-    )
-    ids = {item["id"] for item in listed.json()["items"]}
-    assert ids == {known["conversation_id"], anonymous["conversation_id"]}
-
-
-async def test_opening_a_session_with_a_known_email_links_it_to_that_user(
+async def test_opening_a_session_with_a_known_email_gives_it_a_user_of_its_own(
     client: httpx.AsyncClient, service_headers: dict[str, str]
 ) -> None:
     known = await open_session(client, name="Known Member", email="member@example.org")
     owner = await user_of(client, service_headers, known["conversation_id"])
     second = await open_session(client, name="Someone Else", email="Member@Example.org")
-    linked = await user_of(client, service_headers, second["conversation_id"])
-    assert linked["id"] == owner["id"]
-    assert linked["name"] == "Known Member"
+    own = await user_of(client, service_headers, second["conversation_id"])
+    assert own["id"] != owner["id"]
+    assert (own["name"], own["email"]) == ("Someone Else", "member@example.org")
+    assert (await user_of(client, service_headers, known["conversation_id"]))["name"] == (
+        "Known Member"
+    )
 
 
-async def test_a_linked_session_cannot_rewrite_the_shared_users_details(
+async def test_a_verified_sessions_email_cannot_be_changed_by_a_member(
     client: httpx.AsyncClient, service_headers: dict[str, str]
 ) -> None:
-    known = await open_session(client, name="Known Member", email="member@example.org")
-    stranger = await open_session(client)
-    await _patch(client, stranger["session_id"], {"email": "member@example.org"})
-    response = await _patch(client, stranger["session_id"], {"name": "Rewritten", "phone": None})
+    session = await open_session(client, identity=identity("verified@example.org"))
+    for body in ({"email": "other@example.org"}, {"email": None}):
+        response = await _patch(client, session["session_id"], body)
+        assert response.status_code == 409
+        assert "verified" in response.json()["detail"]
+    user = await user_of(client, service_headers, session["conversation_id"])
+    assert (user["email"], user["email_verified"]) == ("verified@example.org", True)
+
+
+async def test_a_verified_member_edits_their_own_name_and_phone(
+    client: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    session = await open_session(client, identity=identity("verified@example.org"))
+    response = await _patch(
+        client,
+        session["session_id"],
+        {"email": "Verified@Example.org", "name": "Ada", "phone": "+1 555 0100"},
+    )
     assert response.status_code == 204
-    owner = await user_of(client, service_headers, known["conversation_id"])
-    assert owner["name"] == "Known Member"
+    user = await user_of(client, service_headers, session["conversation_id"])
+    assert (user["email"], user["email_verified"], user["name"], user["phone"]) == (
+        "verified@example.org",
+        True,
+        "Ada",
+        "+1 555 0100",
+    )
 
 
 async def test_changing_to_a_new_email_keeps_the_same_user(

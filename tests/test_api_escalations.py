@@ -162,6 +162,7 @@ async def test_contact_info_is_merged_with_the_known_contact_the_request_winning
     assert stored["contact_info"] == {
         "name": "Ada Lovelace",
         "email": "ada@example.org",
+        "email_verified": False,
         "phone": "+1 555 0100",
         "preferred_channel": "phone",
     }
@@ -184,7 +185,7 @@ async def test_contact_info_email_is_normalised(
         client, session["session_id"], contact_info={"email": " Ada@Example.ORG "}
     )
     stored = await _escalation(client, service_headers, response.json()["id"])
-    assert stored["contact_info"] == {"email": "ada@example.org"}
+    assert stored["contact_info"] == {"email": "ada@example.org", "email_verified": False}
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ import uuid
 
 import httpx
 import pytest
-from api_support import API, escalate, open_session, send_message, user_of
+from api_support import API, escalate, identity, open_session, send_message, user_of
 
-USER_FIELDS = {"id", "email", "name", "phone", "created_at", "updated_at"}
+USER_FIELDS = {"id", "email", "email_verified", "name", "phone", "created_at", "updated_at"}
 
 
 async def test_reading_a_user_returns_their_contact_details(
@@ -96,9 +96,10 @@ async def test_erasing_a_user_answers_204_and_removes_everything_they_own(
 async def test_erasing_a_user_removes_all_their_linked_conversations(
     client: httpx.AsyncClient, service_headers: dict[str, str]
 ) -> None:
-    first = await open_session(client, email="member@example.org")
-    second = await open_session(client, email="member@example.org")
+    first = await open_session(client, identity=identity("member@example.org"))
+    second = await open_session(client, identity=identity("member@example.org"))
     user = await user_of(client, service_headers, first["conversation_id"])
+    assert user["email_verified"]
     await client.delete(f"{API}/users/{user['id']}", headers=service_headers)
     for session in (first, second):
         assert (await client.get(f"{API}/sessions/{session['session_id']}")).status_code == 404

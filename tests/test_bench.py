@@ -31,6 +31,7 @@ TARGETS = [
     "POST message: service/baseline req/s >= 0.5",
     "deep before= page p50 <= 1.1 x 100-message page p50",
     "/stats?since=<24h ago> with 30,000 conversations < 100 ms",
+    "/stats/daily?days=30 with 30,000 conversations < 150 ms",
     "GET session: p99 <= 3 x p50 at 4 connections",
     "GET history (latest 50): p99 <= 3 x p50 at 4 connections",
     "POST message: p99 <= 3 x p50 at 4 connections",

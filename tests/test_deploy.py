@@ -147,3 +147,37 @@ def test_the_docker_context_leaves_out_local_state() -> None:
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
     for local in (".venv", ".git", ".env", ".member-support"):
         assert local in ignored
+
+
+HTTP_LIMITS = (
+    "HTTP_MAX_HEADER_BYTES",
+    "HTTP_HEADER_TIMEOUT_S",
+    "HTTP_KEEP_ALIVE_S",
+    "HTTP_LIMIT_CONCURRENCY",
+)
+
+
+def _default(name: str) -> str:
+    from app.settings import Settings
+
+    value = Settings.model_fields[name.lower()].default
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def test_the_image_sets_the_http_limits_serve_applies(dockerfile: list[str]) -> None:
+    environment = dict(
+        re.findall(
+            r'(\w+)=("[^"]*"|\S+)',
+            " ".join(line[4:] for line in dockerfile if line.startswith("ENV ")),
+        )
+    )
+    assert {name: environment.get(name) for name in HTTP_LIMITS} == {
+        name: _default(name) for name in HTTP_LIMITS
+    }
+
+
+def test_compose_passes_the_same_http_limits_to_the_api(compose: dict[str, Any]) -> None:
+    environment = compose["services"]["api"]["environment"]
+    assert {name: environment.get(name) for name in HTTP_LIMITS} == {
+        name: f"${{{name}:-{_default(name)}}}" for name in HTTP_LIMITS
+    }

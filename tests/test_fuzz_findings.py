@@ -12,7 +12,10 @@ async def test_escalations_keep_working_after_the_server_switches_to_a_generic_p
     # PostgreSQL plans a prepared statement with its values 5 times, then may use a
     # generic plan; ON CONFLICT's partial-index predicate must not be a bind parameter
     # then, or the index is not inferred (42P10) and the 6th escalation was a 500.
-    settings = make_settings(database_url, db_pool_size=1, db_max_overflow=0)
+    # Eight open at once on one connection: the open-escalation cap is raised to let them.
+    settings = make_settings(
+        database_url, db_pool_size=1, db_max_overflow=0, escalations_open_max=8
+    )
     async with started_client(settings) as client:
         session_id = (await client.post("/api/v1/sessions")).json()["session_id"]
         statuses = [

@@ -15,9 +15,16 @@ from ops_support import execute, fetch_value
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.migrations import alembic_config, head_revision, upgrade_to_head
+from app.migrations import alembic_config, head_revision, revisions_between, upgrade_to_head
 
-ALL_TABLES = ("users", "conversations", "messages", "escalations", "alembic_version")
+ALL_TABLES = (
+    "users",
+    "conversations",
+    "messages",
+    "escalations",
+    "member_message_windows",
+    "alembic_version",
+)
 
 
 @pytest.fixture
@@ -46,7 +53,8 @@ def test_upgrade_downgrade_and_upgrade_again_all_work(empty_database: str) -> No
 def test_each_revision_steps_down_and_up_again(empty_database: str) -> None:
     config = alembic_config(empty_database)
     upgrade_to_head(empty_database)
-    for _ in range(9):
+    # Every step down to the first revision, however many revisions there are.
+    for _ in range(revisions_between(None, head_revision()) - 1):
         command.downgrade(config, "-1")
     command.upgrade(config, "head")
     assert set(ALL_TABLES) <= asyncio.run(_tables(empty_database))

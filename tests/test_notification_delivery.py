@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import io
 import json
 import logging
 import os
@@ -27,9 +28,10 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook
-from webhook_receiver import Receiver, free_port
+from webhook_receiver import DribblingReceiver, Receiver, free_port
 
 from app.db import create_engine, create_sessionmaker
+from app.log import configure_logging
 from app.main import create_app
 from app.models import Escalation, NotificationEvent
 from app.notify import NotificationWorker
@@ -542,6 +544,161 @@ async def test_a_worker_killed_mid_batch_loses_nothing(
 
     assert Counter(receiver.ids()) == Counter({str(event.id): 2 for event in leased})
     assert {await escalation_status(sessions, i) for i in escalation_ids} == {"notified"}
+
+
+async def test_delivery_logs_carry_neither_the_webhook_url_nor_the_members_details(
+    sessions: async_sessionmaker[AsyncSession],
+    receiver: Receiver,
+    worker_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await open_escalation(sessions, "first")
+    await open_escalation(sessions, "second")
+    receiver.status = 500
+    token_url = receiver.url + "?token=t0ken-in-the-url"
+    # Logging as the service sets it up (DEBUG, JSON), into a buffer.
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    buffer = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buffer)
+    configure_logging("DEBUG", "json")
+    try:
+        worker = worker_factory(token_url, notify_batch_size=1)
+        await worker.run_once()  # a failure, retried
+        receiver.status = 204
+        await worker.run_once()  # a delivery
+        await worker_factory("http://127.0.0.1:9/down?token=t0ken-in-the-url").run_once()
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+
+    logged = buffer.getvalue()
+    assert "notification_retry_scheduled" in logged
+    assert "notification_delivered" in logged
+    for secret in ("t0ken-in-the-url", "+1 555 0100", "Ada", "mortgage", "127.0.0.1:"):
+        assert secret not in logged
+
+
+# --- a receiver that answers a byte a second --------------------------------------------
+
+SLOW_TIMEOUT_S = 2.0
+GAUGE = "member_support_notifications_oldest_pending_age_seconds"
+
+
+@pytest.fixture
+async def dribbler() -> AsyncIterator[DribblingReceiver]:
+    receiver = await DribblingReceiver(slow_marker=b"slow_lane").start()
+    try:
+        yield receiver
+    finally:
+        await receiver.stop()
+
+
+async def event_of(
+    sessions: async_sessionmaker[AsyncSession], escalation_id: uuid.UUID
+) -> NotificationEvent:
+    async with sessions() as session:
+        event = await session.scalar(
+            select(NotificationEvent).where(NotificationEvent.escalation_id == escalation_id)
+        )
+    assert event is not None
+    return event
+
+
+async def test_a_receiver_dribbling_its_answer_is_cut_at_the_deadline_without_holding_back_others(
+    sessions: async_sessionmaker[AsyncSession],
+    dribbler: DribblingReceiver,
+    worker_factory: Any,
+) -> None:
+    slow_id, _ = await open_escalation(sessions, "slow_lane")
+    worker = worker_factory(
+        dribbler.url,
+        notify_timeout_s=SLOW_TIMEOUT_S,
+        notify_lease_s=5,
+        notify_backoff_base_s=60,
+        notify_backoff_cap_s=60,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        slow_event = await event_of(sessions, slow_id)
+
+        async def slow_post_received() -> bool:
+            return bool(dribbler.of(str(slow_event.id)))
+
+        await eventually(slow_post_received)
+        await asyncio.sleep(0.3)
+        # While the slow POST is in flight: an unrelated escalation is delivered at once,
+        gauge_before = metric(GAUGE)
+        opened = time.monotonic()
+        fast_id, _ = await open_escalation(sessions, "card_lost")
+
+        async def fast_notified() -> bool:
+            return await escalation_status(sessions, fast_id) == "notified"
+
+        await eventually(fast_notified, timeout_s=SLOW_TIMEOUT_S)
+        fast_took_s = time.monotonic() - opened
+        [slow_exchange] = dribbler.of(str(slow_event.id))
+        assert slow_exchange.closed_at is None  # the slow one is still being answered
+        # and the backlog gauge keeps moving (the slow event is still pending, older).
+        await asyncio.sleep(0.6)
+        gauge_during = metric(GAUGE)
+        assert slow_exchange.closed_at is None
+
+        async def slow_recorded() -> bool:
+            return (await event_of(sessions, slow_id)).last_error is not None
+
+        await eventually(slow_recorded, timeout_s=4 * SLOW_TIMEOUT_S)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=4 * SLOW_TIMEOUT_S)
+
+    assert fast_took_s < 1.0
+    assert gauge_during >= gauge_before + 0.5
+    assert slow_exchange.closed_at is not None
+    held_s = slow_exchange.closed_at - slow_exchange.received_at
+    assert SLOW_TIMEOUT_S - 0.5 <= held_s <= SLOW_TIMEOUT_S + 1.0
+    recorded = await event_of(sessions, slow_id)
+    assert (recorded.status, recorded.attempts, recorded.last_error) == (
+        "pending",
+        1,
+        "deadline exceeded",
+    )
+    assert await escalation_status(sessions, slow_id) == "pending"
+
+
+async def test_two_workers_never_deliver_an_event_twice_while_a_slow_post_is_in_flight(
+    sessions: async_sessionmaker[AsyncSession],
+    dribbler: DribblingReceiver,
+    worker_factory: Any,
+) -> None:
+    slow_id, _ = await open_escalation(sessions, "slow_lane")
+    lease_s = 2 * SLOW_TIMEOUT_S + 0.5
+    workers = [
+        worker_factory(
+            dribbler.url,
+            notify_timeout_s=SLOW_TIMEOUT_S,
+            notify_lease_s=lease_s,
+            notify_backoff_base_s=60,
+            notify_backoff_cap_s=60,
+        )
+        for _ in range(2)
+    ]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(worker.run(stop)) for worker in workers]
+    try:
+        # Long past the lease: a POST still in flight then would be taken over.
+        await asyncio.sleep(lease_s + 2)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=4 * SLOW_TIMEOUT_S)
+
+    event = await event_of(sessions, slow_id)
+    exchanges = dribbler.of(str(event.id))
+    assert len(exchanges) == 1
+    assert exchanges[0].closed_at is not None
+    assert exchanges[0].closed_at - exchanges[0].received_at < lease_s
+    assert (event.attempts, event.last_error) == (1, "deadline exceeded")
 
 
 # --- configuration, metrics, serve --------------------------------------------------------

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +23,7 @@ from app.notify import backoff_seconds
 from app.repositories import conversations, escalations
 from app.settings import ConfigError, Settings, load_settings
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"outbox-test-secret-0123456789ab").decode()
 
 
@@ -280,6 +285,77 @@ def test_a_webhook_url_that_is_not_an_http_url_is_refused(url: str) -> None:
 def test_a_lease_shorter_than_two_timeouts_is_refused() -> None:
     with pytest.raises(ConfigError, match="NOTIFY_LEASE_S"):
         load_settings(_env_file=None, notify_timeout_s=10, notify_lease_s=15)
+
+
+def test_the_lease_must_outlast_the_deadline_even_when_left_at_its_default() -> None:
+    # NOTIFY_LEASE_S defaults to 60: a 40 s deadline would let a second worker take an
+    # event over while its first POST is still allowed to run.
+    with pytest.raises(ConfigError, match="NOTIFY_LEASE_S: must be more than twice"):
+        load_settings(_env_file=None, notify_timeout_s=40)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://hooks.example.com/escalations",
+        "http://10.0.0.7:8080/hook",
+        "http://[2001:db8::1]/hook",
+        "http://localhost.example.com/hook",
+        "http://128.0.0.1/hook",
+    ],
+)
+def test_a_plain_http_webhook_to_another_host_is_refused_at_start_up(url: str) -> None:
+    with pytest.raises(ConfigError, match="NOTIFY_WEBHOOK_URL: http:// is only accepted"):
+        load_settings(_env_file=None, notify_webhook_url=url, notify_webhook_secret=SECRET)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9000/hook",
+        "http://127.8.9.10/hook",
+        "http://localhost:9000/hook",
+        "http://LOCALHOST/hook",
+        "http://[::1]:9000/hook",
+        "https://hooks.example.com/escalations",
+    ],
+)
+def test_https_or_a_loopback_http_webhook_is_accepted(url: str) -> None:
+    settings = load_settings(_env_file=None, notify_webhook_url=url, notify_webhook_secret=SECRET)
+    assert settings.notify_webhook_url is not None
+
+
+def test_webhook_allow_http_accepts_plain_http_to_another_host() -> None:
+    settings = load_settings(
+        _env_file=None,
+        notify_webhook_url="http://hooks.internal:8080/escalations",
+        notify_webhook_secret=SECRET,
+        webhook_allow_http=True,
+    )
+    assert settings.notify_webhook_url is not None
+
+
+def test_the_commands_refuse_to_start_with_a_plain_http_webhook_to_another_host() -> None:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("NOTIFY_")}
+    environment.pop("WEBHOOK_ALLOW_HTTP", None)
+    refused = subprocess.run(
+        [sys.executable, "-m", "app.cli", "notify"],
+        cwd=PROJECT_ROOT,
+        env={
+            **environment,
+            "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/unused",
+            "NOTIFY_WEBHOOK_URL": "http://hooks.example.com/t0ken",
+            "NOTIFY_WEBHOOK_SECRET": SECRET,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: NOTIFY_WEBHOOK_URL: http:// is only accepted")
+    assert "Traceback" not in refused.stderr
+    assert "t0ken" not in refused.stderr
 
 
 def test_webhook_settings_keep_the_url_and_secret_secret(database_url: str) -> None:

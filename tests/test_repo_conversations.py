@@ -195,14 +195,21 @@ async def test_purging_a_users_last_conversation_removes_the_user(db: AsyncSessi
 
 
 async def test_purging_keeps_a_user_who_still_has_a_conversation(db: AsyncSession) -> None:
-    first = await open_session(db, email="staying@example.org")
+    first = await open_session(db)
     second = await open_session(db)
-    await users.apply_contact(
-        db, conversation_id=second.conversation_id, changes={"email": "staying@example.org"}
+    await users.attach_verified(
+        db, conversation_id=first.conversation_id, email="staying@example.org"
+    )
+    await users.attach_verified(
+        db, conversation_id=second.conversation_id, email="staying@example.org"
     )
     await conversations.set_status(db, conversation_id=first.conversation_id, status="archived")
     await _age(db, first.conversation_id, 100)
     assert (
         await conversations.purge_archived(db, archived_days=90, batch_size=10, dry_run=False) == 1
     )
-    assert await db.get(User, first.user_id, populate_existing=True) is not None
+    shared = await db.scalar(
+        select(Conversation.user_id).where(Conversation.id == second.conversation_id)
+    )
+    assert shared is not None
+    assert await db.get(User, shared, populate_existing=True) is not None

@@ -99,6 +99,7 @@ async def test_contact_info_merges_the_known_contact_with_the_request(db: AsyncS
     assert escalation.contact_info == {
         "name": "Ada",
         "email": "work@example.org",
+        "email_verified": False,
         "preferred_channel": "phone",
     }
 

@@ -1,13 +1,15 @@
-"""Users: creation, retrieval, contact details, the email relink rule, erasure."""
+"""Users: creation, retrieval, contact details (own user only), verified identity, erasure."""
 
 from __future__ import annotations
+
+import uuid
 
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import NotFound
+from app.errors import Conflict, NotFound
 from app.models import Conversation, Escalation, Message, User
 from app.repositories import conversations, users
 from tests.helpers import add_messages, escalate, open_session
@@ -40,11 +42,42 @@ async def test_an_unknown_user_is_not_found(db: AsyncSession) -> None:
         await users.get_by_email(db, email="nobody@example.org")
 
 
-async def test_two_users_cannot_share_an_email(db: AsyncSession) -> None:
-    await users.create(db, email="same@example.org")
+async def test_unverified_users_may_share_an_email(db: AsyncSession) -> None:
+    first = await users.create(db, email="same@example.org")
+    second = await users.create(db, email="same@example.org")
+    assert first.id != second.id
+
+
+async def test_two_verified_users_cannot_share_an_email(db: AsyncSession) -> None:
+    await db.execute(
+        text("INSERT INTO users (email, email_verified) VALUES ('v@example.org', true)")
+    )
     with pytest.raises(IntegrityError):
         async with db.begin_nested():
-            await users.create(db, email="same@example.org")
+            await db.execute(
+                text("INSERT INTO users (email, email_verified) VALUES ('v@example.org', true)")
+            )
+
+
+async def test_finding_by_email_prefers_the_verified_user(db: AsyncSession) -> None:
+    verified = await db.scalar(
+        text(
+            "INSERT INTO users (email, email_verified, updated_at) "
+            "VALUES ('pick@example.org', true, '2000-01-01') RETURNING id"
+        )
+    )
+    await users.create(db, email="pick@example.org")
+    assert (await users.get_by_email(db, email="pick@example.org")).id == verified
+
+
+async def test_finding_by_email_otherwise_takes_the_most_recently_updated(
+    db: AsyncSession,
+) -> None:
+    await db.execute(
+        text("INSERT INTO users (email, updated_at) VALUES ('recent@example.org', '2000-01-01')")
+    )
+    newer = await users.create(db, email="recent@example.org")
+    assert (await users.get_by_email(db, email="recent@example.org")).id == newer.id
 
 
 async def test_contact_fields_are_set_and_cleared(db: AsyncSession) -> None:
@@ -62,7 +95,18 @@ async def test_contact_fields_are_set_and_cleared(db: AsyncSession) -> None:
     assert (user.name, user.phone) == (None, "+1 555 0100")
 
 
-async def test_another_users_email_moves_the_conversation_to_them(db: AsyncSession) -> None:
+async def _user_of(db: AsyncSession, conversation_id: object) -> User:
+    user_id = await db.scalar(
+        select(Conversation.user_id)
+        .where(Conversation.id == conversation_id)
+        .execution_options(populate_existing=True)
+    )
+    user = await db.get(User, user_id, populate_existing=True)
+    assert user is not None
+    return user
+
+
+async def test_another_users_email_changes_only_the_sessions_own_user(db: AsyncSession) -> None:
     known = await existing_user(db, email="known@example.org", name="Known Name")
     session = await open_session(db)
     await users.apply_contact(
@@ -70,53 +114,89 @@ async def test_another_users_email_moves_the_conversation_to_them(db: AsyncSessi
         conversation_id=session.conversation_id,
         changes={"email": "known@example.org", "name": "Impostor", "phone": "+1 555 0199"},
     )
-    owner = await db.scalar(
-        select(Conversation.user_id).where(Conversation.id == session.conversation_id)
-    )
-    assert owner == known.id
-    refreshed = await db.scalar(
-        select(User).where(User.id == known.id).execution_options(populate_existing=True)
-    )
+    own = await _user_of(db, session.conversation_id)
+    assert own.id == session.user_id
+    assert (own.email, own.email_verified, own.name) == ("known@example.org", False, "Impostor")
+    refreshed = await db.get(User, known.id, populate_existing=True)
     assert refreshed is not None
-    assert refreshed.name == "Known Name"  # never overwritten
-    assert refreshed.phone == "+1 555 0199"  # empty field filled
+    assert (refreshed.name, refreshed.phone) == ("Known Name", None)
+
+
+async def test_attaching_a_verified_identity_creates_the_verified_user(db: AsyncSession) -> None:
+    session = await open_session(db, name="Typed")
+    await users.attach_verified(
+        db, conversation_id=session.conversation_id, email="verified@example.org"
+    )
+    user = await _user_of(db, session.conversation_id)
+    assert (user.email, user.email_verified, user.name) == ("verified@example.org", True, None)
     # The anonymous user left without conversations is removed.
     assert await db.get(User, session.user_id, populate_existing=True) is None
 
 
-async def test_a_shared_user_is_only_filled_never_overwritten(db: AsyncSession) -> None:
-    known = await existing_user(db, email="shared@example.org", name="Owner")
+async def test_a_second_session_with_the_same_identity_shares_the_verified_user(
+    db: AsyncSession,
+) -> None:
     first = await open_session(db)
-    await users.apply_contact(
-        db, conversation_id=first.conversation_id, changes={"email": "shared@example.org"}
-    )
-    await users.apply_contact(
-        db, conversation_id=first.conversation_id, changes={"name": "Stranger", "phone": None}
-    )
-    refreshed = await db.get(User, known.id, populate_existing=True)
-    assert refreshed is not None
-    assert refreshed.name == "Owner"
-
-
-async def test_a_new_email_on_a_shared_user_detaches_the_conversation(db: AsyncSession) -> None:
-    known = await existing_user(db, email="mine@example.org")
-    other = await open_session(db)
-    await users.apply_contact(
-        db, conversation_id=other.conversation_id, changes={"email": "mine@example.org"}
-    )
     second = await open_session(db)
+    for session in (first, second):
+        await users.attach_verified(
+            db, conversation_id=session.conversation_id, email="both@example.org"
+        )
+    assert (await _user_of(db, first.conversation_id)).id == (
+        await _user_of(db, second.conversation_id)
+    ).id
+
+
+async def test_attaching_the_same_identity_again_changes_nothing(db: AsyncSession) -> None:
+    session = await open_session(db)
+    await users.attach_verified(db, conversation_id=session.conversation_id, email="a@example.org")
+    before = await _user_of(db, session.conversation_id)
+    await users.attach_verified(db, conversation_id=session.conversation_id, email="a@example.org")
+    assert (await _user_of(db, session.conversation_id)).id == before.id
+
+
+async def test_switching_identity_keeps_the_previous_verified_user(db: AsyncSession) -> None:
+    session = await open_session(db)
+    await users.attach_verified(db, conversation_id=session.conversation_id, email="a@example.org")
+    first = await _user_of(db, session.conversation_id)
+    await users.attach_verified(db, conversation_id=session.conversation_id, email="b@example.org")
+    assert (await _user_of(db, session.conversation_id)).email == "b@example.org"
+    assert await db.get(User, first.id, populate_existing=True) is not None
+
+
+async def test_a_verified_email_cannot_be_changed_or_cleared_by_a_member(db: AsyncSession) -> None:
+    session = await open_session(db)
+    await users.attach_verified(db, conversation_id=session.conversation_id, email="v@example.org")
+    for email in ("other@example.org", None):
+        with pytest.raises(Conflict):
+            async with db.begin_nested():
+                await users.apply_contact(
+                    db, conversation_id=session.conversation_id, changes={"email": email}
+                )
     await users.apply_contact(
-        db, conversation_id=second.conversation_id, changes={"email": "mine@example.org"}
+        db,
+        conversation_id=session.conversation_id,
+        changes={"email": "v@example.org", "name": "Ada", "phone": "+1 555 0100"},
     )
-    await users.apply_contact(
-        db, conversation_id=second.conversation_id, changes={"email": "typo@example.org"}
+    user = await _user_of(db, session.conversation_id)
+    assert (user.email, user.email_verified, user.name) == ("v@example.org", True, "Ada")
+
+
+async def test_contact_of_a_conversation_without_a_user_gets_a_user_of_its_own(
+    db: AsyncSession,
+) -> None:
+    session = await open_session(db)
+    await db.execute(
+        text("UPDATE conversations SET user_id = NULL WHERE id = :id"),
+        {"id": session.conversation_id},
     )
-    owner = await db.scalar(
-        select(Conversation.user_id).where(Conversation.id == second.conversation_id)
-    )
-    assert owner != known.id
-    assert (await users.get_by_email(db, email="typo@example.org")).id == owner
-    assert (await users.get(db, user_id=known.id)).email == "mine@example.org"
+    await users.apply_contact(db, conversation_id=session.conversation_id, changes={"name": "Lin"})
+    assert (await _user_of(db, session.conversation_id)).name == "Lin"
+
+
+async def test_contact_of_an_unknown_conversation_is_not_found(db: AsyncSession) -> None:
+    with pytest.raises(NotFound):
+        await users.apply_contact(db, conversation_id=uuid.uuid4(), changes={"name": "Lin"})
 
 
 async def test_deleting_a_user_cascades_to_everything_of_theirs(db: AsyncSession) -> None:
@@ -163,13 +243,26 @@ async def test_an_update_that_changes_nothing_keeps_updated_at(db: AsyncSession)
     assert updated_at.year == 2000
 
 
-async def test_known_contact_lists_only_filled_fields(db: AsyncSession) -> None:
+async def test_the_contact_snapshot_lists_only_filled_fields(db: AsyncSession) -> None:
     user = await users.create(db, email="k@example.org", phone="+1 555 0100")
-    assert await users.known_contact(db, user_id=user.id) == {
+    assert await users.contact_snapshot(db, user_id=user.id, supplied=None) == {
         "email": "k@example.org",
+        "email_verified": False,
         "phone": "+1 555 0100",
     }
-    assert await users.known_contact(db, user_id=None) == {}
+    assert await users.contact_snapshot(db, user_id=None, supplied=None) == {}
+
+
+async def test_the_contact_snapshot_calls_only_the_verified_users_own_email_verified(
+    db: AsyncSession,
+) -> None:
+    session = await open_session(db)
+    await users.attach_verified(db, conversation_id=session.conversation_id, email="v@example.org")
+    user = await _user_of(db, session.conversation_id)
+    own = await users.contact_snapshot(db, user_id=user.id, supplied={"name": "Ada"})
+    assert own == {"email": "v@example.org", "email_verified": True, "name": "Ada"}
+    typed = await users.contact_snapshot(db, user_id=user.id, supplied={"email": "x@example.org"})
+    assert typed == {"email": "x@example.org", "email_verified": False}
 
 
 async def test_a_session_can_be_opened_with_contact_details(db: AsyncSession) -> None:
@@ -178,3 +271,9 @@ async def test_a_session_can_be_opened_with_contact_details(db: AsyncSession) ->
     )
     assert created
     assert (await users.get(db, user_id=row.user_id)).name == "Lin"
+
+
+async def test_contact_without_any_contact_field_changes_nothing(db: AsyncSession) -> None:
+    session = await open_session(db, name="Kept")
+    await users.apply_contact(db, conversation_id=session.conversation_id, changes={})
+    assert (await _user_of(db, session.conversation_id)).name == "Kept"

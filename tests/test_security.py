@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from conftest import SERVICE_KEY, make_settings
+from conftest import SERVICE_KEY, TABLES, make_settings
 from fastapi import FastAPI
 
 from app.main import create_app
@@ -283,7 +283,17 @@ GRANT USAGE ON SCHEMA public TO anon, authenticated;
 GRANT ALL ON ALL TABLES IN SCHEMA public TO anon, authenticated;
 GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO anon, authenticated;
 """
-SERVICE_TABLES = ("users", "conversations", "messages", "escalations", "alembic_version")
+SERVICE_TABLES = (
+    "users",
+    "conversations",
+    "messages",
+    "escalations",
+    "notification_events",
+    "staff",
+    "escalation_audit",
+    "member_message_windows",
+    "alembic_version",
+)
 
 
 @pytest.fixture
@@ -292,7 +302,7 @@ async def supabase_like(own_postgres: Any) -> AsyncIterator[asyncpg.Connection]:
     every project exist (roles are cluster-wide: never on the shared server)."""
     connection = await asyncpg.connect(own_postgres.url)
     await connection.execute(SUPABASE_ROLES)
-    await connection.execute("TRUNCATE users, conversations, messages, escalations CASCADE")
+    await connection.execute(f"TRUNCATE {TABLES} CASCADE")
     user_id = await connection.fetchval(
         "INSERT INTO users (email) VALUES ('member@example.org') RETURNING id"
     )
@@ -305,15 +315,32 @@ async def supabase_like(own_postgres: Any) -> AsyncIterator[asyncpg.Connection]:
         "INSERT INTO messages (conversation_id, role, content) VALUES ($1, 'user', 'hi')",
         conversation_id,
     )
-    await connection.execute(
+    escalation_id = await connection.fetchval(
         "INSERT INTO escalations (conversation_id, issue_type, original_request)"
-        " VALUES ($1, 'loan', 'help')",
+        " VALUES ($1, 'loan', 'help') RETURNING id",
+        conversation_id,
+    )
+    await connection.execute(
+        "INSERT INTO notification_events (escalation_id, type) VALUES ($1, 'escalation.created')",
+        escalation_id,
+    )
+    await connection.execute(
+        "INSERT INTO staff (email, display_name, password_hash) VALUES ('s@example.org', 'S', 'x')"
+    )
+    await connection.execute(
+        "INSERT INTO escalation_audit (escalation_id, actor, action)"
+        " VALUES ($1, 'key:t', 'status')",
+        escalation_id,
+    )
+    await connection.execute(
+        "INSERT INTO member_message_windows (conversation_id, window_start, messages)"
+        " VALUES ($1, now(), 1)",
         conversation_id,
     )
     try:
         yield connection
     finally:
-        await connection.execute("TRUNCATE users, conversations, messages, escalations CASCADE")
+        await connection.execute(f"TRUNCATE {TABLES} CASCADE")
         await connection.close()
 
 
@@ -342,7 +369,11 @@ async def test_the_anon_key_reads_nothing_even_with_table_grants(
 async def test_the_anon_key_changes_and_deletes_nothing(
     supabase_like: asyncpg.Connection, table: str
 ) -> None:
-    column = "version_num" if table == "alembic_version" else "created_at"
+    column = {
+        "alembic_version": "version_num",
+        "escalation_audit": "at",
+        "member_message_windows": "window_start",
+    }.get(table, "created_at")
     async with supabase_like.transaction():
         await supabase_like.execute("SET LOCAL ROLE anon")
         updated = await supabase_like.execute(f"UPDATE {table} SET {column} = {column}")

@@ -160,3 +160,23 @@ def test_the_default_pool_keeps_its_whole_budget_open_with_no_overflow() -> None
     # Overflow connections are closed on return: as a default they churn under steady load.
     settings = load_settings(_env_file=None)
     assert (settings.db_pool_size, settings.db_max_overflow) == (20, 0)
+
+
+def test_identity_secret_is_optional_and_blank_means_off() -> None:
+    assert load_settings(_env_file=None).identity_secret is None
+    assert load_settings(_env_file=None, identity_secret="   ").identity_secret is None
+
+
+def test_a_short_identity_secret_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_env_file=None, identity_secret="short-secret-value")
+    assert "IDENTITY_SECRET" in str(caught.value)
+    assert "short-secret-value" not in str(caught.value)
+
+
+def test_the_identity_secret_never_shows_in_the_settings_repr() -> None:
+    secret = "s3cret-identity-key-" + "x" * 20
+    settings = load_settings(_env_file=None, identity_secret=secret)
+    assert settings.identity_secret is not None
+    assert settings.identity_secret.get_secret_value() == secret
+    assert secret not in repr(settings) and secret not in str(settings.model_dump())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -88,3 +89,81 @@ class Receiver:
     def ids(self) -> list[str]:
         with self._lock:
             return [delivery.headers["webhook-id"] for delivery in self.deliveries]
+
+
+@dataclass
+class Exchange:
+    """One POST as the dribbling receiver saw it: when it came and when the client left."""
+
+    webhook_id: str
+    body: bytes
+    received_at: float
+    closed_at: float | None = None
+
+
+class DribblingReceiver:
+    """An asyncio server on a real socket: answers fast, except for a POST whose body
+    contains `slow_marker`, which gets its answer one byte a second, without end.
+
+    Each byte arrives well within any per-read timeout, so only a deadline for the whole
+    request ends such a POST.
+    """
+
+    def __init__(self, slow_marker: bytes, byte_interval_s: float = 1.0) -> None:
+        self.slow_marker = slow_marker
+        self.byte_interval_s = byte_interval_s
+        self.exchanges: list[Exchange] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/escalations"
+
+    async def start(self) -> DribblingReceiver:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def of(self, webhook_id: str) -> list[Exchange]:
+        return [exchange for exchange in self.exchanges if exchange.webhook_id == webhook_id]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        exchange: Exchange | None = None
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            headers = {
+                name.strip().lower(): value.strip()
+                for name, _, value in (
+                    line.decode("latin-1").partition(":") for line in head.split(b"\r\n")[1:]
+                )
+                if name
+            }
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            exchange = Exchange(headers.get("webhook-id", ""), body, time.monotonic())
+            self.exchanges.append(exchange)
+            if self.slow_marker not in body:
+                writer.write(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                await writer.drain()
+                return
+            answer = b"HTTP/1.1 200 OK\r\n" + b"x-padding: " + b"." * 10_000
+            for byte in answer:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                # The client hanging up shows as EOF on our side.
+                try:
+                    await asyncio.wait_for(reader.read(1), timeout=self.byte_interval_s)
+                    break
+                except TimeoutError:
+                    continue
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            if exchange is not None:
+                exchange.closed_at = time.monotonic()
+            writer.close()

@@ -7,7 +7,7 @@ disabled, never deleted: audit rows will name them. Row Level Security is enable
 no policy, like every other table, so the frontend's public database key sees nothing.
 
 Revision ID: 0014
-Revises: 0010
+Revises: 0012
 """
 
 from collections.abc import Sequence
@@ -17,7 +17,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0014"
-down_revision: str | None = "0010"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -7,12 +7,12 @@ import re
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-import orjson
 from fastapi import Depends, HTTPException, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app import jsonbody
 from app.errors import NotFound
 from app.log import actor_var
 from app.schemas import SESSION_ID_PATTERN, ErrorBody
@@ -93,6 +93,21 @@ def check_content_length(settings: Settings, content: str, field: str = "content
         )
 
 
+def check_issue_type(settings: Settings, issue_type: str) -> None:
+    """With ESCALATION_ISSUE_TYPES set, refuse any other issue type, naming the allowed ones."""
+    allowed = settings.escalation_issue_types
+    if allowed and issue_type not in allowed:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "enum",
+                    "loc": ("body", "issue_type"),
+                    "msg": f"must be one of: {', '.join(allowed)}",
+                }
+            ]
+        )
+
+
 def check_exclusive_cursors(before: int | None, after: int | None) -> None:
     """`before` and `after` page in opposite directions; both at once is a client error."""
     if before is not None and after is not None:
@@ -116,6 +131,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         413: "Body larger than 64 KB",
         415: "Body is not JSON",
         422: "Invalid input",
+        429: "A member limit is reached; see Retry-After",
         503: "Database unavailable",
     }
     return {
@@ -124,7 +140,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 class StrictJSONRoute(APIRoute):
-    """Parses JSON bodies strictly (no NaN/Infinity, valid UTF-8, JSON content type)."""
+    """Parses JSON bodies strictly (app.jsonbody: no NaN/Infinity, valid UTF-8, at most
+    32 levels deep) under exactly one JSON Content-Type."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -142,16 +159,31 @@ class StrictJSONRoute(APIRoute):
                 await require_service_key(request, await _bearer(request))
             body = await request.body()
             if body:
-                content_type = request.headers.get("content-type", "")
-                media_type = content_type.split(";", 1)[0].strip().lower()
-                if media_type != "application/json" and not media_type.endswith("+json"):
-                    raise HTTPException(status_code=415, detail="Send the body as application/json")
+                content_types = request.headers.getlist("content-type") or [""]
+                media_type = content_types[0].split(";", 1)[0].strip().lower()
+                if len(content_types) != 1 or not (
+                    media_type == "application/json" or media_type.endswith("+json")
+                ):
+                    # One Content-Type, JSON: two would be read differently by
+                    # different layers (first or last), so neither is trusted.
+                    raise HTTPException(
+                        status_code=415, detail="Send the body as application/json, once"
+                    )
                 try:
-                    # orjson refuses NaN, Infinity, invalid UTF-8 and lone surrogates.
-                    request._json = orjson.loads(body)
-                except orjson.JSONDecodeError:
+                    request._json = jsonbody.loads(body)
+                except jsonbody.JSONInvalid:
                     raise RequestValidationError(
                         [{"type": "json_invalid", "loc": ("body",), "msg": "Invalid JSON"}]
+                    ) from None
+                except jsonbody.JSONTooDeep:
+                    raise RequestValidationError(
+                        [
+                            {
+                                "type": "json_too_deep",
+                                "loc": ("body",),
+                                "msg": f"JSON nested more than {jsonbody.MAX_DEPTH} levels",
+                            }
+                        ]
                     ) from None
             return await handler(request)
 

@@ -6,12 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
+from app import identity
 from app.api.deps import (
     SessionIdDep,
     SettingsDep,
     StrictJSONRoute,
     check_content_length,
     check_exclusive_cursors,
+    check_issue_type,
     error_responses,
 )
 from app.db import SessionDep
@@ -21,6 +23,7 @@ from app.schemas import (
     EscalationCreate,
     EscalationSummary,
     EscalationSummaryList,
+    IdentityAttach,
     Message,
     MessageCreate,
     MessagePage,
@@ -49,18 +52,22 @@ SeqCursor = Annotated[int | None, Query(ge=0, le=2**63 - 1)]
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"model": Session, "description": "The session already existed"},
-        **error_responses(),
+        **error_responses(401),
     },
     summary="Open a session (or resume one by id)",
 )
 async def open_session(
-    db: SessionDep, response: Response, body: SessionCreate | None = None
+    db: SessionDep, settings: SettingsDep, response: Response, body: SessionCreate | None = None
 ) -> Session:
-    """Create an anonymous user and a conversation; an existing `session_id` → 200, unchanged."""
+    """Create an anonymous user and a conversation; an existing `session_id` → 200, unchanged.
+
+    With a valid `identity` the conversation belongs to that member's verified user
+    (a wrong signature → 401 and nothing is created)."""
     request = body or SessionCreate()
+    email = identity.verified_email(settings, request.identity) if request.identity else None
     contact = {"name": request.name, "email": request.email, "phone": request.phone}
     row, created = await conversations.open_session(
-        db, session_id=request.session_id, contact=contact
+        db, session_id=request.session_id, contact=contact, verified_email=email
     )
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -80,10 +87,30 @@ async def read_session(db: SessionDep, session_id: SessionIdDep) -> Session:
     summary="Leave or change contact details",
 )
 async def update_contact(db: SessionDep, session_id: SessionIdDep, body: ContactUpdate) -> None:
-    """Set any of name, email, phone (`null` clears). An email another member already
-    has moves this conversation to them without revealing or overwriting anything."""
+    """Set any of name, email, phone (`null` clears) on this session's own user only.
+
+    A typed email is unverified and may be one another member also has: nothing of
+    theirs is read or changed. A verified email cannot be changed here (409)."""
     conversation_id = await conversations.get_id_by_session(db, session_id=session_id)
     await users.apply_contact(db, conversation_id=conversation_id, changes=body.changes())
+
+
+@router.post(
+    "/{session_id}/identity",
+    responses=error_responses(401, 404),
+    summary="Verify the member's identity",
+)
+async def verify_identity(
+    db: SessionDep, settings: SettingsDep, session_id: SessionIdDep, body: IdentityAttach
+) -> Session:
+    """Attach this conversation to the verified user of a signed email (created if new).
+
+    Nothing of that user is returned. A wrong signature → 401 and nothing changes;
+    no IDENTITY_SECRET configured → 422."""
+    email = identity.verified_email(settings, body.identity)
+    conversation_id = await conversations.get_id_by_session(db, session_id=session_id)
+    await users.attach_verified(db, conversation_id=conversation_id, email=email)
+    return Session.model_validate(await conversations.get_session(db, session_id=session_id))
 
 
 @router.post(
@@ -91,7 +118,7 @@ async def update_contact(db: SessionDep, session_id: SessionIdDep, body: Contact
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"model": Message, "description": "Idempotent replay of the original message"},
-        **error_responses(404, 409),
+        **error_responses(404, 409, 429),
     },
     summary="Send a member message",
 )
@@ -103,7 +130,8 @@ async def send_message(
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> Message:
-    """Append a `user` message. Archived conversations refuse new messages (409)."""
+    """Append a `user` message. Archived conversations refuse new messages (409); more
+    than MEMBER_MESSAGES_PER_MINUTE in a minute → 429 (a replay does not count)."""
     check_content_length(settings, body.content)
     row, created = await messages.append(
         db,
@@ -112,6 +140,7 @@ async def send_message(
         content=body.content,
         idempotency_key=idempotency_key,
         redact_kinds=settings.redact,
+        per_minute=settings.member_messages_per_minute,
         agent_events=settings.agent_webhook_enabled,
     )
     if not created:
@@ -144,7 +173,7 @@ async def read_messages(
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"model": EscalationSummary, "description": "The open escalation already existed"},
-        **error_responses(404, 409),
+        **error_responses(404, 409, 429),
     },
     summary="Ask for a human",
 )
@@ -155,8 +184,11 @@ async def escalate(
     body: EscalationCreate,
     response: Response,
 ) -> EscalationSummary:
-    """Hand the case to staff; the same unresolved issue type again returns the first (200)."""
+    """Hand the case to staff; the same unresolved issue type again returns the first (200).
+    At most ESCALATIONS_OPEN_MAX unresolved at once (429 beyond); with
+    ESCALATION_ISSUE_TYPES set, only those issue types."""
     check_content_length(settings, body.original_request, "original_request")
+    check_issue_type(settings, body.issue_type)
     contact = body.contact_info.model_dump(exclude_none=True) if body.contact_info else None
     escalation, created = await escalations.open_escalation(
         db,
@@ -165,6 +197,7 @@ async def escalate(
         original_request=body.original_request,
         contact_info=contact,
         redact_kinds=settings.redact,
+        open_max=settings.escalations_open_max,
     )
     if not created:
         response.status_code = status.HTTP_200_OK

@@ -75,12 +75,18 @@ async def get_id_by_session(session: AsyncSession, *, session_id: str) -> uuid.U
 
 
 async def open_session(
-    session: AsyncSession, *, session_id: str | None, contact: dict[str, str | None]
+    session: AsyncSession,
+    *,
+    session_id: str | None,
+    contact: dict[str, str | None],
+    verified_email: str | None = None,
 ) -> tuple[Record, bool]:
     """Create an anonymous user and a conversation, or return the existing session.
 
     One statement inserts both, and ON CONFLICT makes concurrent creators of one
     session id agree: the loser inserts nothing (not even its user) and reads the winner's.
+    With a `verified_email` (its signature already checked) the new conversation then
+    joins that verified user, and the contact details go to it.
     """
     if session_id is None:
         session_id = new_session_id()
@@ -114,6 +120,10 @@ async def open_session(
     ).one_or_none()
     if row is None:
         return await get_session(session, session_id=session_id), False
+    if verified_email is not None:
+        await users.attach_verified(
+            session, conversation_id=row.conversation_id, email=verified_email
+        )
     if any(value is not None for value in contact.values()):
         await users.apply_contact(session, conversation_id=row.conversation_id, changes=contact)
     return row, True

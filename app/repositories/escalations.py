@@ -9,13 +9,15 @@ from sqlalchemy import ColumnElement, exists, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, NotFound, TooManyRequests
 from app.models import Conversation, Escalation
 from app.redact import ALL_KINDS, merge, redact, report
 from app.repositories import audit, messages, notifications, paging, staff, users
 
 CONTEXT_MESSAGES = 20
 CONTEXT_MAX_BYTES = 16 * 1024
+# A slot frees up only when staff resolve an escalation; a minute is a polite hint.
+OPEN_CAP_RETRY_AFTER_S = 60
 
 # Forward along pending → notified → in_progress → resolved (steps may be skipped),
 # and resolved → in_progress to reopen.
@@ -52,6 +54,24 @@ async def _lock_conversation(
     return conversation
 
 
+async def _check_open_cap(
+    session: AsyncSession, *, conversation_id: uuid.UUID, open_max: int
+) -> None:
+    # Read after taking the conversation lock: every escalation insert holds it, so the
+    # count is current and two concurrent opens at the cap cannot both pass.
+    still_open = await session.scalar(
+        select(func.count())
+        .select_from(Escalation)
+        .where(Escalation.conversation_id == conversation_id, Escalation.status != "resolved")
+    )
+    if (still_open or 0) >= open_max:
+        raise TooManyRequests(
+            f"This conversation already has {open_max} open escalations; "
+            "staff will be in touch before another can be opened",
+            OPEN_CAP_RETRY_AFTER_S,
+        )
+
+
 async def open_escalation(
     session: AsyncSession,
     *,
@@ -60,12 +80,16 @@ async def open_escalation(
     original_request: str,
     contact_info: dict[str, Any] | None,
     redact_kinds: frozenset[str] = ALL_KINDS,
+    open_max: int | None = None,
 ) -> tuple[Escalation, bool]:
     """Escalate a conversation, or return its unresolved escalation of the same issue type.
 
     Returns (escalation, created). The conversation becomes `escalated`. Card numbers and
     SSNs (`redact_kinds`) are replaced in the request and the context before they are
-    stored, and so before any notification can carry them.
+    stored, and so before any notification can carry them. A conversation already
+    holding `open_max` unresolved escalations gets TooManyRequests and nothing is stored
+    (the member route passes ESCALATIONS_OPEN_MAX; None, for tools, means no cap); the
+    conversation lock makes the count exact under concurrency.
     """
     conversation = await _lock_conversation(session, session_id=session_id, conversation_id=None)
     existing = await session.scalar(
@@ -79,8 +103,11 @@ async def open_escalation(
         return existing, False
     if conversation.status == "archived":
         raise Conflict("The conversation is archived and cannot be escalated")
-    contact = await users.known_contact(session, user_id=conversation.user_id)
-    contact.update({key: value for key, value in (contact_info or {}).items() if value is not None})
+    if open_max is not None:
+        await _check_open_cap(session, conversation_id=conversation.id, open_max=open_max)
+    contact = await users.contact_snapshot(
+        session, user_id=conversation.user_id, supplied=contact_info
+    )
     original_request, request_redactions = redact(original_request, redact_kinds)
     context, context_redactions = await messages.recent_transcript(
         session,

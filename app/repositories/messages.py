@@ -8,7 +8,7 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import Conflict, NotFound, Unprocessable
+from app.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from app.models import Message
 from app.redact import ALL_KINDS, redact, report
 from app.repositories import Record
@@ -23,13 +23,19 @@ MESSAGE_COLUMNS = (
 
 # One round trip: lock the conversation (inserts into it queue here; the seq trigger
 # relies on it), refuse archived ones, and insert unless the idempotency key was seen.
-# With $6 true (an agent webhook is configured) a new `user` message also writes its
-# `message.created` outbox event, in the same statement and so the same transaction.
 # A hot path: run with exec_driver_sql (asyncpg's $n parameters), past SQLAlchemy's
 # compile and result layers.
+# With $6 true (an agent webhook is configured) a new `user` message also writes its
+# `message.created` outbox event, in the same statement and so the same transaction;
+# both append statements end their CTEs with this one.
+_AGENT_EVENT = """, agent_event AS (
+    INSERT INTO notification_events (type, conversation_id, message_id)
+    SELECT 'message.created', conversation_id, id FROM inserted
+    WHERE role = 'user' AND $6::boolean
+)"""
 _APPEND = """
 WITH conversation AS (
-    SELECT id, status FROM conversations WHERE {match} FOR NO KEY UPDATE
+    SELECT id, status FROM conversations WHERE id = $1 FOR NO KEY UPDATE
 ), inserted AS (
     INSERT INTO messages (conversation_id, role, content, idempotency_key, author_id)
     SELECT id, $2, $3, $4, $5 FROM conversation
@@ -37,17 +43,60 @@ WITH conversation AS (
     ON CONFLICT (conversation_id, idempotency_key) WHERE idempotency_key IS NOT NULL
     DO NOTHING
     RETURNING {columns}
-), agent_event AS (
-    INSERT INTO notification_events (type, conversation_id, message_id)
-    SELECT 'message.created', conversation_id, id FROM inserted
-    WHERE role = 'user' AND $6::boolean
-)
+){agent_event}
 SELECT conversation.id AS found_conversation_id, conversation.status AS conversation_status,
        inserted.*
 FROM conversation LEFT JOIN inserted ON true
 """
-APPEND_BY_SESSION = _APPEND.format(match="session_id = $1", columns=MESSAGE_COLUMNS)
-APPEND_BY_ID = _APPEND.format(match="id = $1", columns=MESSAGE_COLUMNS)
+
+# Member messages are rate-limited per conversation, in the database so the limit holds
+# across workers and replicas: one counter row per conversation and window (a window
+# opens with the first message after the last one ended and lasts RATE_WINDOW). The
+# counter is taken in the same statement as the insert, as an upsert whose WHERE refuses
+# once $5 messages are in the window; a refused count inserts nothing. An idempotent
+# replay of a stored message (its key already present) is not counted: it stores
+# nothing. (Two concurrent first sends of one key both count, the loser storing nothing:
+# a client racing itself pays one extra slot.)
+RATE_WINDOW = "1 minute"
+_APPEND_MEMBER = """
+WITH conversation AS (
+    SELECT id, status FROM conversations WHERE session_id = $1 FOR NO KEY UPDATE
+), counted AS (
+    INSERT INTO member_message_windows AS w (conversation_id, window_start, messages)
+    SELECT id, now(), 1 FROM conversation
+    WHERE status <> 'archived' AND NOT EXISTS (
+        SELECT FROM messages AS m
+        WHERE m.conversation_id = conversation.id AND m.idempotency_key = $4
+    )
+    ON CONFLICT (conversation_id) DO UPDATE SET
+        window_start = CASE WHEN w.window_start > now() - interval '{window}'
+                            THEN w.window_start ELSE now() END,
+        messages = CASE WHEN w.window_start > now() - interval '{window}'
+                        THEN w.messages + 1 ELSE 1 END
+    WHERE w.window_start <= now() - interval '{window}' OR w.messages < $5
+    RETURNING conversation_id
+), inserted AS (
+    INSERT INTO messages (conversation_id, role, content, idempotency_key)
+    SELECT conversation_id, $2, $3, $4 FROM counted
+    ON CONFLICT (conversation_id, idempotency_key) WHERE idempotency_key IS NOT NULL
+    DO NOTHING
+    RETURNING {columns}
+){agent_event}
+SELECT conversation.id AS found_conversation_id, conversation.status AS conversation_status,
+       inserted.*
+FROM conversation LEFT JOIN inserted ON true
+"""
+APPEND_BY_SESSION = _APPEND_MEMBER.format(
+    window=RATE_WINDOW, columns=MESSAGE_COLUMNS, agent_event=_AGENT_EVENT
+)
+APPEND_BY_ID = _APPEND.format(columns=MESSAGE_COLUMNS, agent_event=_AGENT_EVENT)
+_RETRY_AFTER = """
+SELECT ceil(extract(epoch FROM window_start + interval '{window}' - clock_timestamp()))
+FROM member_message_windows WHERE conversation_id = $1
+"""
+_RATE_RETRY_AFTER = _RETRY_AFTER.format(window=RATE_WINDOW)
+# Tools and tests that write through a session without the member limit.
+UNLIMITED = 2**31 - 1
 _BY_IDEMPOTENCY_KEY = (
     f"SELECT {MESSAGE_COLUMNS}, author_id FROM messages "  # noqa: S608 (constants only)
     "WHERE conversation_id = $1 AND idempotency_key = $2"
@@ -64,6 +113,7 @@ async def append(
     conversation_id: uuid.UUID | None = None,
     redact_kinds: frozenset[str] = ALL_KINDS,
     author_id: uuid.UUID | None = None,
+    per_minute: int = UNLIMITED,
     agent_events: bool = False,
 ) -> tuple[Record, bool]:
     """Append a message to a conversation (by session id or id); returns (message, created).
@@ -72,20 +122,28 @@ async def append(
     a repeated Idempotency-Key is compared with are both the redacted text. A repeat
     with the same role, content and author returns the original message and stores
     nothing; with anything else it is Unprocessable. `author_id` names the staff member
-    of a `staff` message. `agent_events`: an agent webhook is configured, so a new `user`
-    message records its `message.created` event with it.
+    of a `staff` message (written by id, never through a member's session). Through a
+    session (a member) at most `per_minute` messages are stored per window; one more is
+    TooManyRequests and stores nothing. `agent_events`: an agent webhook is configured,
+    so a new `user` message records its `message.created` event with it.
     """
     if (session_id is None) == (conversation_id is None):
         raise ValueError("give exactly one of session_id, conversation_id")
+    if session_id is not None and author_id is not None:
+        raise ValueError("a member's message has no staff author")
     content, redactions = redact(content, redact_kinds)
-    statement = APPEND_BY_SESSION if session_id is not None else APPEND_BY_ID
     connection = await session.connection()
-    key = session_id if session_id is not None else conversation_id
-    row = (
-        await connection.exec_driver_sql(
-            statement, (key, role, content, idempotency_key, author_id, agent_events)
+    if session_id is not None:
+        result = await connection.exec_driver_sql(
+            APPEND_BY_SESSION,
+            (session_id, role, content, idempotency_key, per_minute, agent_events),
         )
-    ).one_or_none()
+    else:
+        result = await connection.exec_driver_sql(
+            APPEND_BY_ID,
+            (conversation_id, role, content, idempotency_key, author_id, agent_events),
+        )
+    row = result.one_or_none()
     if row is None:
         raise NotFound("Session not found" if session_id is not None else "Conversation not found")
     if row.id is not None:
@@ -102,7 +160,13 @@ async def append(
             if (original.role, original.content, original.author_id) != (role, content, author_id):
                 raise Unprocessable("Idempotency-Key was already used for a different message")
             return original, False
-    raise Conflict("The conversation is archived and accepts no new messages")
+    if row.conversation_status == "archived" or session_id is None:
+        raise Conflict("The conversation is archived and accepts no new messages")
+    # Neither stored, nor a replay, nor archived: the member's window is full.
+    wait = await connection.exec_driver_sql(_RATE_RETRY_AFTER, (row.found_conversation_id,))
+    raise TooManyRequests(
+        f"At most {per_minute} messages a minute; try again shortly", int(wait.scalar() or 1)
+    )
 
 
 _PAGE_BASE = """

@@ -153,28 +153,6 @@ async def mark_delivered(session: AsyncSession, *, event_id: uuid.UUID, attempt:
     return moved is not None
 
 
-_MARK_DELIVERED_MANY = text(
-    """
-    UPDATE notification_events AS event
-    SET status = 'delivered', delivered_at = now(), last_error = NULL
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS integer[])) AS held(id, attempts)
-    WHERE event.id = held.id AND event.attempts = held.attempts AND event.status = 'pending'
-    RETURNING event.id
-    """
-)
-
-
-async def mark_delivered_many(
-    session: AsyncSession, *, held: Sequence[tuple[uuid.UUID, int]]
-) -> set[uuid.UUID]:
-    """`mark_delivered` for many events in one statement; the ids still held."""
-    rows = await session.execute(
-        _MARK_DELIVERED_MANY,
-        {"ids": [event_id for event_id, _ in held], "attempts": [n for _, n in held]},
-    )
-    return {row.id for row in rows}
-
-
 async def mark_failed_attempt(
     session: AsyncSession,
     *,
