@@ -442,3 +442,19 @@ async def test_the_hot_path_and_the_route_both_record_the_event(
         recorded = list(await session.scalars(select(NotificationEvent.message_id)))
     # One event per stored message; the replay stored nothing and recorded nothing.
     assert sorted(map(str, recorded)) == sorted([asked["id"], replay.json()["id"]])
+
+
+def test_a_plain_http_agent_url_to_another_host_is_refused() -> None:
+    with pytest.raises(ConfigError, match="AGENT_WEBHOOK_URL: http:// is only accepted"):
+        load_settings(
+            _env_file=None,
+            agent_webhook_url="http://agent.example.org/hook",
+            agent_webhook_secret=AGENT_SECRET,
+        )
+    allowed = load_settings(
+        _env_file=None,
+        agent_webhook_url="http://agent.internal:8001/hook",
+        agent_webhook_secret=AGENT_SECRET,
+        webhook_allow_http=True,
+    )
+    assert allowed.agent_webhook_enabled
