@@ -111,12 +111,15 @@ class HotPaths:
         message_max_chars: int,
         redact_kinds: frozenset[str],
         member_messages_per_minute: int,
+        agent_events: bool = False,
     ) -> None:
         self.app = app
         self.engine = engine
         self.message_max_chars = message_max_chars
         self.redact_kinds = redact_kinds
         self.member_messages_per_minute = member_messages_per_minute
+        # As messages.append: the same statement records the agent webhook's event.
+        self.agent_events = agent_events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -220,6 +223,7 @@ class HotPaths:
                 content,
                 idempotency_key,
                 self.member_messages_per_minute,
+                self.agent_events,
             )
 
         try:

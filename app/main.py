@@ -187,6 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         message_max_chars=settings.message_max_chars,
         redact_kinds=settings.redact,
         member_messages_per_minute=settings.member_messages_per_minute,
+        agent_events=settings.agent_webhook_enabled,
     )
     if settings.cors_origins:
         app.add_middleware(

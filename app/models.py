@@ -41,9 +41,17 @@ CONVERSATION_STATUSES = ("active", "escalated", "closed", "archived")
 ESCALATION_STATUSES = ("pending", "notified", "in_progress", "resolved")
 MESSAGE_ROLES = ("user", "assistant", "staff")
 AUDIT_ACTIONS = ("status", "assignment", "staff_message")
-NOTIFICATION_TYPES = ("escalation.created", "escalation.status_changed")
+NOTIFICATION_TYPES = ("escalation.created", "escalation.status_changed", "message.created")
+# The agent webhook's event: one per member message; the others go to the staff webhook.
+MESSAGE_CREATED = "message.created"
 NOTIFICATION_STATUSES = ("pending", "delivered", "failed")
 STAFF_ROLES = ("agent", "admin")
+# What an outbox event is about: a member message, or else an escalation.
+SUBJECT_CHECK = (
+    "CASE WHEN type = 'message.created' "
+    "THEN message_id IS NOT NULL AND conversation_id IS NOT NULL AND escalation_id IS NULL "
+    "ELSE escalation_id IS NOT NULL AND message_id IS NULL AND conversation_id IS NULL END"
+)
 
 
 def _in_list(column: str, values: tuple[str, ...]) -> str:
@@ -201,13 +209,21 @@ class Escalation(Base):
 
 
 class NotificationEvent(Base):
-    """The transactional outbox: one row per escalation event, written with the change."""
+    """The transactional outbox: one row per escalation event (staff webhook) or member
+    message (agent webhook), written with the change."""
 
     __tablename__ = "notification_events"
 
     id: Mapped[uuid.UUID] = _uuid_pk()
-    escalation_id: Mapped[uuid.UUID] = mapped_column(
+    escalation_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("escalations.id", ondelete="CASCADE"), index=True
+    )
+    # message.created only: the member's message and its conversation (delivery order).
+    conversation_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    message_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("messages.id", ondelete="CASCADE"), unique=True
     )
     type: Mapped[str] = mapped_column(String(50))
     # Facts fixed at the moment of the event (the statuses); no PII, which stays in escalations.
@@ -226,6 +242,7 @@ class NotificationEvent(Base):
 
     __table_args__ = (
         CheckConstraint(_in_list("type", NOTIFICATION_TYPES), name="type"),
+        CheckConstraint(SUBJECT_CHECK, name="subject"),
         CheckConstraint(_in_list("status", NOTIFICATION_STATUSES), name="status"),
         # The worker's claim: due pending events, oldest due first.
         Index(

@@ -1,5 +1,7 @@
-"""The notification delivery worker: outbox events to the staff webhook, signed per
-Standard Webhooks, at least once.
+"""The notification delivery worker: outbox events to the staff webhook (escalation
+events) and the agent webhook (`message.created`), signed per Standard Webhooks, at
+least once. One worker serves both; each event type goes to its own URL with its own
+secret, and only the types whose webhook is configured are claimed.
 
 The worker keeps up to NOTIFY_BATCH_SIZE deliveries in flight. Free slots are filled
 by claiming due events under a lease in one short transaction; each event is POSTed
@@ -26,6 +28,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -37,7 +40,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook
 
 from app.errors import Conflict, NotFound, is_unavailable
-from app.repositories import escalations, notifications
+from app.models import MESSAGE_CREATED
+from app.repositories import agent_events, escalations, notifications
 from app.repositories.notifications import ClaimedEvent
 from app.settings import Settings
 
@@ -74,8 +78,11 @@ def backoff_seconds(attempt: int, *, base_s: float, cap_s: float) -> float:
     return step / 2 + random.random() * step / 2  # noqa: S311 (spreading load, not a secret)
 
 
-def build_payload(event: ClaimedEvent) -> dict[str, Any]:
-    """The webhook body: what staff need to act on, never the member's session id."""
+def build_payload(event: ClaimedEvent, agent_data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The webhook body: what staff (or the agent) need to act on, never the member's
+    session id. `agent_data`: the `data` of a message.created event (agent_events)."""
+    if event.type == MESSAGE_CREATED:
+        return {"type": event.type, "timestamp": event.created_at.isoformat(), "data": agent_data}
     data: dict[str, Any] = {
         "escalation_id": str(event.escalation_id),
         "conversation_id": None if event.conversation_id is None else str(event.conversation_id),
@@ -106,11 +113,22 @@ class NotificationWorker:
     ) -> None:
         self._sessionmaker = sessionmaker
         self._settings = settings
-        self._url = (
-            settings.notify_webhook_url.get_secret_value() if settings.notify_webhook_url else None
-        )
-        secret = settings.notify_webhook_secret
-        self._webhook = Webhook(secret.get_secret_value()) if secret is not None else None
+        # Per event type: where it goes and the signer of its webhook.
+        self._targets: dict[str, tuple[str, Webhook]] = {}
+        for types, url, secret in (
+            (
+                notifications.STAFF_TYPES,
+                settings.notify_webhook_url,
+                settings.notify_webhook_secret,
+            ),
+            ((MESSAGE_CREATED,), settings.agent_webhook_url, settings.agent_webhook_secret),
+        ):
+            if url is not None and secret is not None:
+                target = (url.get_secret_value(), Webhook(secret.get_secret_value()))
+                self._targets.update(dict.fromkeys(types, target))
+        self._wake_on_completion = MESSAGE_CREATED in self._targets
+        # The body data of claimed member-message events, until they are POSTed.
+        self._agent_data: dict[uuid.UUID, dict[str, Any] | None] = {}
         self._client = httpx.AsyncClient(
             # httpx's timeouts are per phase and per read; the whole-request deadline is
             # the asyncio timeout in _post. These only fail faster on a dead peer.
@@ -133,7 +151,7 @@ class NotificationWorker:
     @property
     def enabled(self) -> bool:
         """Whether a webhook is configured."""
-        return self._url is not None and self._webhook is not None
+        return bool(self._targets)
 
     async def __aenter__(self) -> NotificationWorker:
         return self
@@ -154,8 +172,8 @@ class NotificationWorker:
         """Deliver until `stop` is set; without a webhook, say so once and idle."""
         if not self.enabled:
             log.warning(
-                "notify_disabled: NOTIFY_WEBHOOK_URL is not set; events stay queued "
-                "until it is (set it with NOTIFY_WEBHOOK_SECRET)"
+                "notify_disabled: neither NOTIFY_WEBHOOK_URL nor AGENT_WEBHOOK_URL is set; "
+                "events stay queued until one is (each with its _SECRET)"
             )
             await stop.wait()
             return
@@ -187,8 +205,10 @@ class NotificationWorker:
                     continue  # maybe more due: fill the next free slot at once
                 # Wait for the stop signal, the next poll, or (when every slot is busy)
                 # the first delivery to finish.
+                # With the agent webhook, any delivery's end: a conversation's next
+                # message falls due as soon as the one before it is recorded.
                 waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
-                if len(in_flight) >= settings.notify_batch_size:
+                if len(in_flight) >= settings.notify_batch_size or self._wake_on_completion:
                     waiters |= set(in_flight)
                 _, pending = await asyncio.wait(
                     waiters,
@@ -234,37 +254,59 @@ class NotificationWorker:
                 await asyncio.wait_for(stop.wait(), timeout=self._settings.notify_poll_interval_s)
 
     async def _claim(self, limit: int) -> list[ClaimedEvent]:
+        """Take due events of the configured webhooks; a member message's event comes
+        with its body's `data`, read in the same transaction."""
         async with self._sessionmaker() as session, session.begin():
-            return await notifications.claim(
-                session, batch_size=limit, lease_s=self._settings.notify_lease_s
+            events = await notifications.claim(
+                session,
+                batch_size=limit,
+                lease_s=self._settings.notify_lease_s,
+                types=sorted(self._targets),
             )
+            agent_data = await agent_events.payload_data(
+                session, message_ids=[event.message_id for event in events if event.message_id]
+            )
+        for event in events:
+            if event.message_id is not None:
+                self._agent_data[event.id] = agent_data.get(event.message_id)
+        return events
 
     async def _deliver(self, event: ClaimedEvent) -> None:
         """POST one event and record its outcome; errors are logged, never raised."""
         try:
-            await self._record(event, await self._post(event))
+            error = await self._post(event, self._agent_data.pop(event.id, None))
+            await self._record(event, error)
         except Exception as error:
             # The event stays leased; when the lease runs out it is due again.
             _log_cycle_error(error)
 
-    def sign(self, message_id: str, body: str) -> dict[str, str]:
-        """Standard Webhooks headers for a body sent now."""
-        assert self._webhook is not None
+    def sign(
+        self, message_id: str, body: str, event_type: str = notifications.CREATED
+    ) -> dict[str, str]:
+        """Standard Webhooks headers for a body sent now, signed with the secret of the
+        webhook `event_type` goes to."""
+        _, webhook = self._targets[event_type]
         # Whole seconds: the signed timestamp and the header must be the same number.
         now = datetime.fromtimestamp(int(time.time()), UTC)
         return {
             "webhook-id": message_id,
             "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": self._webhook.sign(message_id, now, body),
+            "webhook-signature": webhook.sign(message_id, now, body),
             "content-type": "application/json",
         }
 
-    async def _post(self, event: ClaimedEvent) -> str | None:
+    async def _post(
+        self, event: ClaimedEvent, agent_data: dict[str, Any] | None = None
+    ) -> str | None:
         """POST one event; None on a 2xx, else a short error with no URL and no body."""
-        assert self._url is not None
-        body = json.dumps(build_payload(event), separators=(",", ":"), ensure_ascii=False)
+        url, _ = self._targets[event.type]
+        if event.type == MESSAGE_CREATED and agent_data is None:
+            return "message gone"  # deleted since it was claimed; its event goes with it
+        body = json.dumps(
+            build_payload(event, agent_data), separators=(",", ":"), ensure_ascii=False
+        )
         # The event id is the webhook-id on every attempt, so receivers can drop repeats.
-        headers = self.sign(str(event.id), body)
+        headers = self.sign(str(event.id), body, event.type)
         try:
             # One deadline for the whole exchange, up to the answer's status and headers
             # (the body is never read): a receiver dribbling a byte at a time cannot
@@ -272,7 +314,7 @@ class NotificationWorker:
             async with (
                 asyncio.timeout(self._settings.notify_timeout_s),
                 self._client.stream(
-                    "POST", self._url, content=body.encode(), headers=headers
+                    "POST", url, content=body.encode(), headers=headers
                 ) as response,
             ):
                 if 200 <= response.status_code < 300:
@@ -285,12 +327,6 @@ class NotificationWorker:
 
     async def _record(self, event: ClaimedEvent, error: str | None) -> None:
         settings = self._settings
-        ids = {
-            "event_id": str(event.id),
-            "escalation_id": str(event.escalation_id),
-            "type": event.type,
-            "attempt": event.attempt,
-        }
         retry_in: float | None = None
         async with self._sessionmaker() as session, session.begin():
             if error is None:
@@ -317,6 +353,19 @@ class NotificationWorker:
                     error=error,
                     retry_in_s=retry_in,
                 )
+        self._report(event, error, held=held, retry_in=retry_in)
+
+    def _report(
+        self, event: ClaimedEvent, error: str | None, *, held: bool, retry_in: float | None
+    ) -> None:
+        """Count and log a recorded outcome (ids only, never the body or the URL)."""
+        ids = {
+            "event_id": str(event.id),
+            "escalation_id": None if event.escalation_id is None else str(event.escalation_id),
+            "message_id": None if event.message_id is None else str(event.message_id),
+            "type": event.type,
+            "attempt": event.attempt,
+        }
         if not held:
             log.warning("notification_lease_lost", extra=ids)
         elif error is None:
@@ -343,6 +392,7 @@ def _log_cycle_error(error: BaseException) -> None:
 async def _mark_notified(session: AsyncSession, event: ClaimedEvent) -> None:
     """pending → notified through the API's compare-and-set; a later status is left alone."""
     # Conflict: staff moved it on (in_progress, resolved) before the webhook was answered.
+    assert event.escalation_id is not None
     with contextlib.suppress(Conflict, NotFound):
         await escalations.transition(
             session, escalation_id=event.escalation_id, status="notified", record_event=False

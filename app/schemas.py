@@ -11,6 +11,7 @@ import orjson
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -29,7 +30,7 @@ EscalationStatus = Literal["pending", "notified", "in_progress", "resolved"]
 Role = Literal["user", "assistant", "staff"]
 AuditAction = Literal["status", "assignment", "staff_message"]
 NotificationStatus = Literal["pending", "delivered", "failed"]
-NotificationType = Literal["escalation.created", "escalation.status_changed"]
+NotificationType = Literal["escalation.created", "escalation.status_changed", "message.created"]
 
 
 def _contains_nul(value: Any) -> bool:
@@ -453,8 +454,13 @@ class AuditEntry(ApiModel):
     escalation_id: uuid.UUID
     actor: str
     action: AuditAction
-    from_value: str | None = Field(serialization_alias="from")
-    to_value: str | None = Field(serialization_alias="to")
+    # Read from the row's attribute or from the JSON body (app.client parses it back).
+    from_value: str | None = Field(
+        validation_alias=AliasChoices("from_value", "from"), serialization_alias="from"
+    )
+    to_value: str | None = Field(
+        validation_alias=AliasChoices("to_value", "to"), serialization_alias="to"
+    )
     at: Timestamp
 
 
@@ -516,6 +522,7 @@ _NOTIFICATION_EXAMPLE: dict[str, Any] = {
     "id": "5b0f1c0e-6a51-4a8e-9b7c-2f1d3e4a5b6c",
     "type": "escalation.created",
     "escalation_id": "0d6c2a57-3f0e-4f5e-8b8e-1c7d9a2b4e60",
+    "message_id": None,
     "status": "failed",
     "attempts": 12,
     "last_error": "HTTP 503",
@@ -532,7 +539,10 @@ class Notification(ApiModel):
 
     id: uuid.UUID = Field(description="Also the `webhook-id` header of every attempt")
     type: NotificationType
-    escalation_id: uuid.UUID
+    escalation_id: uuid.UUID | None = Field(description="Of an escalation event")
+    message_id: uuid.UUID | None = Field(
+        default=None, description="Of a `message.created` event (the agent webhook)"
+    )
     status: NotificationStatus
     attempts: int
     last_error: str | None

@@ -201,6 +201,10 @@ class Settings(BaseSettings):
     # Validated even when left at its default, since NOTIFY_TIMEOUT_S may have moved.
     notify_lease_s: float = Field(default=60, gt=0, le=3600, validate_default=True)
     notify_worker: bool = False
+    # The agent webhook (README, "The agent webhook"): one message.created per member
+    # message, delivered by the same worker. The secret first, as above.
+    agent_webhook_secret: SecretStr | None = None
+    agent_webhook_url: SecretStr | None = None
     # Card numbers and SSNs replaced before any message or escalation text is stored.
     redact: Annotated[frozenset[str], NoDecode] = ALL_KINDS
     # Member abuse limits (README, Configuration; docs/API.md).
@@ -277,24 +281,25 @@ class Settings(BaseSettings):
             raise ConfigError("IDENTITY_SECRET: must be at least 32 bytes (e.g. 64 hex digits)")
         return SecretStr(value.get_secret_value().strip())
 
-    @field_validator("notify_webhook_secret")
+    @field_validator("notify_webhook_secret", "agent_webhook_secret")
     @classmethod
-    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+    def _webhook_secret(cls, value: SecretStr | None, info: Any) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
+        name = info.field_name.upper()
         raw = value.get_secret_value().strip()
         if not raw.startswith("whsec_"):
-            raise ConfigError("NOTIFY_WEBHOOK_SECRET: must start with whsec_ (Standard Webhooks)")
+            raise ConfigError(f"{name}: must start with whsec_ (Standard Webhooks)")
         try:
             encoded = raw.removeprefix("whsec_")
             key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
         except (binascii.Error, ValueError):
-            raise ConfigError("NOTIFY_WEBHOOK_SECRET: whsec_ must be followed by base64") from None
+            raise ConfigError(f"{name}: whsec_ must be followed by base64") from None
         if len(key) < 16:
-            raise ConfigError("NOTIFY_WEBHOOK_SECRET: the key must be at least 16 bytes")
+            raise ConfigError(f"{name}: the key must be at least 16 bytes")
         return SecretStr(raw)
 
-    @field_validator("notify_webhook_url")
+    @field_validator("notify_webhook_url", "agent_webhook_url")
     @classmethod
     def _webhook_url(cls, value: SecretStr | None, info: Any) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
@@ -309,8 +314,9 @@ class Settings(BaseSettings):
         name = info.field_name.upper()
         if url is None or url.scheme not in {"http", "https"} or not url.host:
             raise ConfigError(f"{name}: must be an http:// or https:// URL")
-        # Escalation payloads carry members' names, emails and phones: in clear text only
-        # to this machine, unless the operator says otherwise.
+        # Escalation payloads carry members' names, emails and phones, agent payloads
+        # their messages: in clear text only to this machine, unless the operator says
+        # otherwise.
         if (
             url.scheme == "http"
             and not is_loopback_host(url.host)
@@ -318,11 +324,17 @@ class Settings(BaseSettings):
         ):
             raise ConfigError(
                 f"{name}: http:// is only accepted for a loopback host (payloads carry "
-                "members' contact details); use https:// or set WEBHOOK_ALLOW_HTTP=true"
+                "members' details); use https:// or set WEBHOOK_ALLOW_HTTP=true"
             )
-        if info.data.get("notify_webhook_secret") is None:
-            raise ConfigError("NOTIFY_WEBHOOK_URL: is set but NOTIFY_WEBHOOK_SECRET is not")
+        secret = name.removesuffix("_URL") + "_SECRET"
+        if info.data.get(secret.lower()) is None:
+            raise ConfigError(f"{name}: is set but {secret} is not")
         return SecretStr(raw)
+
+    @property
+    def agent_webhook_enabled(self) -> bool:
+        """Whether member messages record agent webhook events."""
+        return self.agent_webhook_url is not None
 
     @field_validator("notify_lease_s")
     @classmethod

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 class Delivery:
     headers: dict[str, str]
     body: bytes
+    status: int = 0
 
 
 def free_port() -> int:
@@ -31,6 +33,8 @@ class Receiver:
         self.port = port or free_port()
         self.deliveries: list[Delivery] = []
         self.status = 204
+        # Optional: decides each answer's status from the delivery (else `status`).
+        self.answer: Callable[[Delivery], int] | None = None
         self.delay_s = 0.0
         self.released = threading.Event()
         self.released.set()
@@ -48,14 +52,17 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
+                delivery = Delivery({k.lower(): v for k, v in self.headers.items()}, body)
                 with receiver._lock:
-                    receiver.deliveries.append(
-                        Delivery({k.lower(): v for k, v in self.headers.items()}, body)
-                    )
+                    receiver.deliveries.append(delivery)
+                    index = len(receiver.deliveries) - 1
                 receiver.released.wait()
                 if receiver.delay_s:
                     time.sleep(receiver.delay_s)
-                self.send_response(receiver.status)
+                with receiver._lock:
+                    status = receiver.answer(delivery) if receiver.answer else receiver.status
+                    receiver.deliveries[index] = Delivery(delivery.headers, delivery.body, status)
+                self.send_response(status)
                 self.send_header("content-length", "0")
                 self.end_headers()
 

@@ -83,6 +83,7 @@ async def write_message(
         content=body.content,
         idempotency_key=idempotency_key,
         redact_kinds=settings.redact,
+        agent_events=settings.agent_webhook_enabled,
         author_id=staff_id,
     )
     if created and staff_id is not None:

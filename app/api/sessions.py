@@ -141,6 +141,7 @@ async def send_message(
         idempotency_key=idempotency_key,
         redact_kinds=settings.redact,
         per_minute=settings.member_messages_per_minute,
+        agent_events=settings.agent_webhook_enabled,
     )
     if not created:
         response.status_code = status.HTTP_200_OK

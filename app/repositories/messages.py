@@ -21,6 +21,15 @@ MESSAGE_COLUMNS = (
     "(SELECT display_name FROM staff WHERE staff.id = messages.author_id) END AS author_name"
 )
 
+
+# With $6 true (an agent webhook is configured) a new `user` message also writes its
+# `message.created` outbox event, in the same statement and so the same transaction;
+# both append statements end their CTEs with this one.
+_AGENT_EVENT = """, agent_event AS (
+    INSERT INTO notification_events (type, conversation_id, message_id)
+    SELECT 'message.created', conversation_id, id FROM inserted
+    WHERE role = 'user' AND $6::boolean
+)"""
 # The end both appends share: a key already stored inserts nothing (the caller then
 # tells a replay from a refusal), and the row returned says whether the conversation
 # was found, its status, and the message if one was stored.
@@ -28,7 +37,7 @@ _INSERT_TAIL = f"""
     ON CONFLICT (conversation_id, idempotency_key) WHERE idempotency_key IS NOT NULL
     DO NOTHING
     RETURNING {MESSAGE_COLUMNS}
-)
+){_AGENT_EVENT}
 SELECT conversation.id AS found_conversation_id, conversation.status AS conversation_status,
        inserted.*
 FROM conversation LEFT JOIN inserted ON true
@@ -101,6 +110,7 @@ async def append(
     redact_kinds: frozenset[str] = ALL_KINDS,
     author_id: uuid.UUID | None = None,
     per_minute: int = UNLIMITED,
+    agent_events: bool = False,
 ) -> tuple[Record, bool]:
     """Append a message to a conversation (by session id or id); returns (message, created).
 
@@ -110,7 +120,8 @@ async def append(
     nothing; with anything else it is Unprocessable. `author_id` names the staff member
     of a `staff` message (written by id, never through a member's session). Through a
     session (a member) at most `per_minute` messages are stored per window; one more is
-    TooManyRequests and stores nothing.
+    TooManyRequests and stores nothing. `agent_events`: an agent webhook is configured,
+    so a new `user` message records its `message.created` event with it.
     """
     if (session_id is None) == (conversation_id is None):
         raise ValueError("give exactly one of session_id, conversation_id")
@@ -120,11 +131,13 @@ async def append(
     connection = await session.connection()
     if session_id is not None:
         result = await connection.exec_driver_sql(
-            APPEND_BY_SESSION, (session_id, role, content, idempotency_key, per_minute)
+            APPEND_BY_SESSION,
+            (session_id, role, content, idempotency_key, per_minute, agent_events),
         )
     else:
         result = await connection.exec_driver_sql(
-            APPEND_BY_ID, (conversation_id, role, content, idempotency_key, author_id)
+            APPEND_BY_ID,
+            (conversation_id, role, content, idempotency_key, author_id, agent_events),
         )
     row = result.one_or_none()
     if row is None:

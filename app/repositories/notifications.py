@@ -1,4 +1,5 @@
-"""The notification outbox: events written with escalation changes, claimed under a lease.
+"""The notification outbox: events written with escalation changes (and, for the agent
+webhook, with member messages: see messages.append), claimed under a lease.
 
 An event row exists if and only if the change that wrote it committed, because it is
 written in the same transaction. The delivery worker (app/notify.py) claims due events
@@ -10,6 +11,7 @@ cannot overwrite the outcome of the worker that took the event over.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,16 +25,30 @@ from app.repositories import paging
 
 CREATED = "escalation.created"
 STATUS_CHANGED = "escalation.status_changed"
+STAFF_TYPES = (CREATED, STATUS_CHANGED)
 ERROR_MAX_CHARS = 500
 
-# Due pending events, oldest due first; SKIP LOCKED lets workers share a backlog without
-# waiting on one another. Taking an event pushes available_at to the lease's end, so a
-# worker that dies mid-batch leaves events that fall due again when the lease runs out.
+# Due pending events of the given types, oldest due first; SKIP LOCKED lets workers share
+# a backlog without waiting on one another. Taking an event pushes available_at to the
+# lease's end, so a worker that dies mid-batch leaves events that fall due again when the
+# lease runs out. A member message's event waits while an earlier message of the same
+# conversation still has one pending (in flight, or due again after a failed attempt):
+# the agent hears a conversation's messages in seq order; a parked one stops blocking.
 _CLAIM = text(
     """
     WITH due AS (
-        SELECT id FROM notification_events
+        SELECT id FROM notification_events AS event
         WHERE status = 'pending' AND available_at <= now()
+          AND type = ANY(CAST(:types AS text[]))
+          AND (event.message_id IS NULL OR NOT EXISTS (
+              SELECT 1 FROM notification_events AS earlier
+              JOIN messages AS earlier_message ON earlier_message.id = earlier.message_id
+              WHERE earlier.conversation_id = event.conversation_id
+                AND earlier.status = 'pending'
+                AND earlier_message.seq < (
+                    SELECT seq FROM messages WHERE messages.id = event.message_id
+                )
+          ))
         ORDER BY available_at, id
         LIMIT :batch_size
         FOR UPDATE SKIP LOCKED
@@ -43,15 +59,16 @@ _CLAIM = text(
         FROM due
         WHERE event.id = due.id
         RETURNING event.id, event.type, event.data, event.attempts, event.created_at,
-                  event.escalation_id
+                  event.escalation_id, event.conversation_id, event.message_id
     )
     SELECT claimed.id, claimed.type, claimed.data, claimed.attempts, claimed.created_at,
-           claimed.escalation_id, escalation.conversation_id, escalation.issue_type,
-           escalation.original_request, escalation.contact_info,
+           claimed.escalation_id, claimed.message_id,
+           COALESCE(claimed.conversation_id, escalation.conversation_id) AS conversation_id,
+           escalation.issue_type, escalation.original_request, escalation.contact_info,
            escalation.status AS escalation_status,
            escalation.created_at AS escalation_created_at
     FROM claimed
-    JOIN escalations AS escalation ON escalation.id = claimed.escalation_id
+    LEFT JOIN escalations AS escalation ON escalation.id = claimed.escalation_id
     ORDER BY claimed.created_at, claimed.id
     """
 )
@@ -66,13 +83,14 @@ class ClaimedEvent:
     data: dict[str, Any]
     attempt: int
     created_at: datetime
-    escalation_id: uuid.UUID
+    escalation_id: uuid.UUID | None
     conversation_id: uuid.UUID | None
-    issue_type: str
-    original_request: str
+    issue_type: str | None
+    original_request: str | None
     contact_info: dict[str, Any] | None
     escalation_status: str | None
     escalation_created_at: datetime | None
+    message_id: uuid.UUID | None = None
 
 
 async def record(
@@ -84,9 +102,18 @@ async def record(
     )
 
 
-async def claim(session: AsyncSession, *, batch_size: int, lease_s: float) -> list[ClaimedEvent]:
-    """Take up to `batch_size` due events for `lease_s` seconds, each counted as an attempt."""
-    rows = await session.execute(_CLAIM, {"batch_size": batch_size, "lease_s": lease_s})
+async def claim(
+    session: AsyncSession,
+    *,
+    batch_size: int,
+    lease_s: float,
+    types: Sequence[str] = STAFF_TYPES,
+) -> list[ClaimedEvent]:
+    """Take up to `batch_size` due events of `types` for `lease_s` seconds, each counted
+    as an attempt."""
+    rows = await session.execute(
+        _CLAIM, {"batch_size": batch_size, "lease_s": lease_s, "types": list(types)}
+    )
     return [
         ClaimedEvent(
             id=row.id,
@@ -101,6 +128,7 @@ async def claim(session: AsyncSession, *, batch_size: int, lease_s: float) -> li
             contact_info=row.contact_info,
             escalation_status=row.escalation_status,
             escalation_created_at=row.escalation_created_at,
+            message_id=row.message_id,
         )
         for row in rows
     ]
