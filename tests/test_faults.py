@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from conftest import make_settings, started_client
+from conftest import ROOMY_LIMITS, make_settings, started_client
 from own_postgres import free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -46,6 +46,7 @@ def _fault_settings(url: str, **overrides: Any) -> Any:
         "db_max_overflow": 0,
         "db_pool_timeout_s": POOL_TIMEOUT_S,
         "db_statement_timeout_ms": 2000,
+        **ROOMY_LIMITS,  # the faults post far more than a member may in a minute
     }
     values.update(overrides)
     return make_settings(url, **values)
