@@ -20,6 +20,7 @@ import asyncio
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from types import TracebackType
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
+from app.event_schemas import MEMBER_EVENTS, SERVICE_EVENTS
 from app.schemas import (
     AuditTrail,
     Conversation,
@@ -55,6 +57,38 @@ USER_AGENT = "member-support-client/1.0"
 MAX_PAGE = 200
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One event of a stream: its name, its id (a position or a seq; None when the event
+    has none) and its data as the service's own model for that event."""
+
+    event: str
+    id: str | None
+    data: BaseModel
+
+
+async def _sse_frames(response: httpx.Response) -> AsyncIterator[tuple[str, str | None, str]]:
+    """(event, id, data) per frame of a WHATWG EventSource body; comments (pings) and
+    `retry:` lines are skipped. Small enough not to need a library of its own."""
+    event, event_id, data = "message", None, list[str]()
+    async for line in response.aiter_lines():
+        if line == "":
+            if data:
+                yield event, event_id, "\n".join(data)
+            event, event_id, data = "message", None, list[str]()
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                event = value
+            elif field == "id":
+                event_id = value
+            elif field == "data":
+                data.append(value)
 
 
 class _Unchanged(Enum):
@@ -467,3 +501,35 @@ class ServiceClient:
     async def member_escalations(self, session_id: str) -> EscalationSummaryList:
         """The member's escalations."""
         return await self._get(EscalationSummaryList, f"/sessions/{session_id}/escalations")
+
+    async def events(
+        self,
+        *,
+        session_id: str | None = None,
+        types: list[str] | None = None,
+        after: int | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """Follow the service event stream (`/events`, with the key), or a member's
+        (`/sessions/{session_id}/events`), yielding each event as the service's own
+        model. `after` resumes after that position (service) or seq (member). The
+        stream ends when the server ends it; resume with the last id you saw."""
+        if session_id is not None:
+            path, models = f"/sessions/{session_id}/events", MEMBER_EVENTS
+            params = _params(after=after)
+        else:
+            path, models = "/events", SERVICE_EVENTS
+            params = _params(after=after, types=",".join(types) if types else None)
+        async with self._http.stream(
+            "GET",
+            f"{API_PREFIX}{path}",
+            params=params,
+            headers=self._headers,
+            timeout=httpx.Timeout(self._timeout, read=None),
+        ) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise error_for(response)
+            async for event, event_id, data in _sse_frames(response):
+                model = models.get(event)
+                if model is not None:
+                    yield StreamEvent(event, event_id, model.model_validate_json(data))
