@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -97,6 +98,28 @@ def _history(service_url: str, session_id: str) -> list[dict[str, Any]]:
     return items
 
 
+def _first_reply_on_the_stream(
+    service_url: str, session_id: str, after: int, timeout_s: float
+) -> dict[str, Any]:
+    """The first assistant message the member's event stream sends after seq `after`."""
+    event = None
+    with httpx.stream(
+        "GET",
+        f"{service_url}/api/v1/sessions/{session_id}/events",
+        params={"after": after},
+        timeout=httpx.Timeout(5, read=timeout_s),
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line.partition(":")[2].strip()
+            elif line.startswith("data:") and event == "message":
+                message: dict[str, Any] = json.loads(line.partition(":")[2])
+                if message["role"] == "assistant":
+                    return message
+    raise AssertionError("the stream ended without a reply")
+
+
 def _say(service_url: str, session_id: str, content: str) -> dict[str, Any]:
     response = httpx.post(
         f"{service_url}/api/v1/sessions/{session_id}/messages", json={"content": content}
@@ -141,16 +164,17 @@ def test_a_member_gets_the_agents_answer_and_the_agent_steps_back_at_handoff(
         session = httpx.post(f"{service_url}/api/v1/sessions", json={}).json()
         session_id = session["session_id"]
 
-        # Webhook mode: the member posts to the service; the reply appears in 2 s.
+        # Webhook mode: the member posts to the service and listens on their event
+        # stream (resuming after their own message); the reply arrives within 2 s.
+        started = time.monotonic()
         asked = _say(service_url, session_id, "Hello, can I raise my card limit?")
-
-        def answered() -> bool:
-            return any(
-                m["role"] == "assistant" and m["seq"] > asked["seq"]
-                for m in _history(service_url, session_id)
-            )
-
-        assert _wait(answered, 2.0) <= 2.0
+        reply = _first_reply_on_the_stream(service_url, session_id, asked["seq"], 2.0)
+        assert time.monotonic() - started <= 2.0
+        assert (reply["role"], reply["content"], reply["seq"]) == (
+            "assistant",
+            ANSWER,
+            asked["seq"] + 1,
+        )
         assert [(m["role"], m["content"]) for m in _history(service_url, session_id)] == [
             ("user", "Hello, can I raise my card limit?"),
             ("assistant", ANSWER),
