@@ -196,7 +196,9 @@ class Settings(BaseSettings):
     notify_backoff_base_s: float = Field(default=2, gt=0, le=3600)
     notify_backoff_cap_s: float = Field(default=900, gt=0, le=86_400)
     notify_poll_interval_s: float = Field(default=2, gt=0, le=3600)
-    notify_batch_size: int = Field(default=20, ge=1, le=500)
+    # Deliveries in flight per worker; a conversation's agent webhooks go one at a time,
+    # so a burst over many conversations needs many slots.
+    notify_batch_size: int = Field(default=100, ge=1, le=500)
     notify_timeout_s: float = Field(default=5, gt=0, le=60)
     # Validated even when left at its default, since NOTIFY_TIMEOUT_S may have moved.
     notify_lease_s: float = Field(default=60, gt=0, le=3600, validate_default=True)
