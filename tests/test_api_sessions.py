@@ -1,4 +1,4 @@
-"""POST /sessions and GET /sessions/{id} (SPEC §3, member endpoints)."""
+"""POST /sessions and GET /sessions/{id}: the member endpoints (docs/API.md)."""
 
 from __future__ import annotations
 

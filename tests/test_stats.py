@@ -1,4 +1,4 @@
-"""GET /api/v1/stats and `member-support stats`: the SPEC's numbers, windowed by `since`."""
+"""GET /api/v1/stats and `member-support stats`: the documented figures, windowed by `since`."""
 
 from __future__ import annotations
 
@@ -281,7 +281,7 @@ def _reference_waits(
     history: dict[str, list[tuple[str, datetime]]], since: datetime | None
 ) -> list[float]:
     """Each user message of the window, timed to the next assistant message of its
-    conversation when that reply is in the window too: the SPEC's rule, spelled out."""
+    conversation when that reply is in the window too: the documented rule, spelled out."""
     waits = []
     for messages in history.values():
         for position, (role, moment) in enumerate(messages):
