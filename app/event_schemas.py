@@ -74,7 +74,18 @@ def openapi_stream(events: dict[str, type[ApiModel]], description: str) -> dict[
         "description": description,
         "content": {
             "text/event-stream": {
-                "schema": {"type": "string", "description": "WHATWG EventSource format"},
+                # One parsed event of the WHATWG EventSource format; `data` is the JSON
+                # of the model `x-events` gives for that event name.
+                "schema": {
+                    "type": "object",
+                    "description": "An event of the stream (WHATWG EventSource format)",
+                    "properties": {
+                        "event": {"type": "string", "enum": sorted(events)},
+                        "id": {"type": "string"},
+                        "data": {"type": "string", "contentMediaType": "application/json"},
+                        "retry": {"type": "integer"},
+                    },
+                },
                 "x-events": {
                     name: model.model_json_schema(mode="serialization")
                     for name, model in events.items()

@@ -151,23 +151,29 @@ def test_a_run_killed_after_one_batch_resumes_with_what_is_left(
 ) -> None:
     settings = load_settings(_env_file=None, database_url=stored)
 
-    async def one_batch() -> int:
+    async def until_the_first_change() -> int:
+        # Batches of one row, each committed, until one row was rewritten: the run is
+        # then "killed" with some rows done and some left, whatever order ids fall in.
         engine = create_engine(settings, pooled=False)
+        after = None
         try:
-            async with create_sessionmaker(engine, settings)() as session, session.begin():
-                batch = await redaction.redact_batch(
-                    session,
-                    table="messages",
-                    after=None,
-                    batch_size=3,
-                    kinds=settings.redact,
-                )
-            return batch.changed
+            while True:
+                async with create_sessionmaker(engine, settings)() as session, session.begin():
+                    batch = await redaction.redact_batch(
+                        session,
+                        table="messages",
+                        after=after,
+                        batch_size=1,
+                        kinds=settings.redact,
+                    )
+                if batch.changed:
+                    return batch.changed
+                after = batch.last_id
         finally:
             await engine.dispose()
 
-    done_before_the_kill = run(one_batch())
-    assert 0 < done_before_the_kill < 3
+    done_before_the_kill = run(until_the_first_change())
+    assert done_before_the_kill == 1
     lines = _redact(capsys, "--batch", "1")
     assert lines[0].startswith(f"messages: 6 row(s) scanned, changed {3 - done_before_the_kill};")
     assert _redact(capsys)[0] == "messages: 6 row(s) scanned, changed 0; card 0, ssn 0"
