@@ -43,9 +43,13 @@ SEEDED_SESSION_ID = "fuzz-seeded-session-0001"
 CASES: Counter[str] = Counter()
 
 # The schema only: the app answers /openapi.json without touching a database.
+# The two event streams are left out: a stream that opens never ends on its own, so each
+# case would wait out a read timeout (it made this test minutes long). What they answer
+# before a stream starts (401, 404, 422 for bad resume points and types) is tested in
+# tests/test_events.py, and their data shapes there and in test_openapi.py.
 schema = schemathesis.openapi.from_asgi(
     "/openapi.json", create_app(make_settings("postgresql://fuzz@127.0.0.1:1/schema_only"))
-)
+).exclude(path_regex=r"^/api/v1/(sessions/\{session_id\}/)?events$")
 
 
 def _run(coroutine: Any) -> Any:
