@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import console
 from app.api import (
     conversations,
     escalations,
@@ -175,6 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, prefix="/api/v1")
     app.include_router(ops.router)
     install_error_handlers(app)
+    console.install(app, settings)
 
     # Innermost: a request repeated after a deadlock or serialization failure is one
     # request to everything outside (metrics, logs), and hot-path hand-overs get it too.

@@ -293,6 +293,38 @@ class EscalationAudit(Base):
     )
 
 
+class ConsoleSession(Base):
+    """A staff console login (app.console): valid while not ended, not expired and its
+    account is active. `id` is the SHA-256 of the token the browser holds."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    staff_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("staff.id", ondelete="CASCADE"), index=True
+    )
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("now()")
+    )
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ConsoleLoginFailure(Base):
+    """One failed console login, by normalised email (the login rate limit)."""
+
+    __tablename__ = "console_login_failures"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    email: Mapped[str] = mapped_column(String(255))
+    failed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("now()")
+    )
+
+    __table_args__ = (Index("ix_console_login_failures_email_failed_at", "email", "failed_at"),)
+
+
 class MemberMessageWindow(Base):
     """The member message rate limit: how many messages a conversation's member sent in
     the window that opened at `window_start` (app.repositories.messages)."""

@@ -220,6 +220,11 @@ class Settings(BaseSettings):
     sse_buffer_events: int = Field(default=256, ge=1, le=100_000)
     sse_max_streams: int = Field(default=1000, ge=1, le=1_000_000)
     events_retention_hours: float = Field(default=72, gt=0, le=24 * 3650)
+    # The staff console (README, "Staff console"). The key signs session cookies; unset,
+    # each process makes its own (sessions then end at a restart and need one worker).
+    console_secret_key: SecretStr | None = None
+    # Localhost over plain http only: browsers drop a Secure cookie sent over http.
+    console_insecure_cookie: bool = False
 
     @field_validator("api_keys", "cors_origins", "escalation_issue_types", mode="before")
     @classmethod
@@ -281,6 +286,15 @@ class Settings(BaseSettings):
         if len(value.get_secret_value().strip().encode()) < 32:
             # HMAC-SHA256 with a short key is only as strong as the key.
             raise ConfigError("IDENTITY_SECRET: must be at least 32 bytes (e.g. 64 hex digits)")
+        return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("console_secret_key")
+    @classmethod
+    def _console_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(value.get_secret_value().strip().encode()) < 32:
+            raise ConfigError("CONSOLE_SECRET_KEY: must be at least 32 bytes (e.g. 64 hex digits)")
         return SecretStr(value.get_secret_value().strip())
 
     @field_validator("notify_webhook_secret", "agent_webhook_secret")

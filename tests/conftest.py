@@ -39,7 +39,7 @@ from app.settings import Settings
 SERVICE_KEY = "test-service-key-0123456789"
 # The key the tests sign member identities with (the credit union's app holds it).
 IDENTITY_SECRET = "test-identity-secret-0123456789abcdef"
-TABLES = "users, conversations, messages, escalations, staff"
+TABLES = "users, conversations, messages, escalations, staff, console_login_failures"
 
 
 def _docker_answers() -> bool:

@@ -23,6 +23,8 @@ ALL_TABLES = (
     "messages",
     "escalations",
     "member_message_windows",
+    "console_sessions",
+    "console_login_failures",
     "alembic_version",
 )
 

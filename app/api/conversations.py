@@ -19,7 +19,7 @@ from app.api.deps import (
 from app.api.sessions import IdempotencyKey, Limit, SeqCursor
 from app.db import SessionDep
 from app.errors import Unprocessable
-from app.repositories import conversations, escalations, messages, staff
+from app.repositories import conversations, escalations, messages
 from app.schemas import (
     Conversation,
     ConversationPage,
@@ -74,25 +74,17 @@ async def write_message(
     check_content_length(settings, body.content)
     if (body.role == "staff") != (staff_id is not None):
         raise Unprocessable("X-Staff-Id is required with role staff, and only with it")
-    if staff_id is not None:
-        await staff.require_active(db, staff_id=staff_id, field="X-Staff-Id")
-    row, created = await messages.append(
+    row, created = await escalations.append_message(
         db,
         conversation_id=conversation_id,
         role=body.role,
         content=body.content,
+        actor=actor,
+        staff_id=staff_id,
         idempotency_key=idempotency_key,
         redact_kinds=settings.redact,
         agent_events=settings.agent_webhook_enabled,
-        author_id=staff_id,
     )
-    if created and staff_id is not None:
-        await escalations.note_staff_reply(
-            db,
-            conversation_id=conversation_id,
-            actor=f"{actor}+staff:{staff_id}",
-            message_seq=row.seq,
-        )
     if not created:
         response.status_code = status.HTTP_200_OK
     return Message.model_validate(row)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import error_responses, require_service_key
 from app.db import SessionDep
@@ -32,6 +33,11 @@ async def read_stats(request: Request, db: SessionDep, since: datetime | None = 
             raise RequestValidationError(
                 [{"type": "value_error", "loc": ("query", "since"), "msg": "out of range"}]
             ) from None
+    return await current_stats(request, db, since=since)
+
+
+async def current_stats(request: Request, db: AsyncSession, *, since: datetime | None) -> Stats:
+    """The /stats figures since a moment (the route and the staff console show these)."""
     settings: Settings = request.app.state.settings
     collected = await stats.collect(
         db, since=since, sla_minutes=settings.sla_first_response_minutes
@@ -55,6 +61,11 @@ async def read_daily_stats(
     """Conversations, messages by role, escalations, escalation rate and response times
     for each of the last `days` UTC days, oldest first; quiet days are rows of zeros.
     Today's row is live; the closed days are recomputed at most every 5 minutes."""
+    return await daily_stats(request, db, days=days)
+
+
+async def daily_stats(request: Request, db: AsyncSession, *, days: int) -> DailyStatsList:
+    """The /stats/daily rows for the last `days` UTC days (the route and the console)."""
     cache: stats.DailyCache = request.app.state.daily_stats
     rows = await cache.daily(db, days=days, today=datetime.now(UTC).date())
     return DailyStatsList.model_validate({"items": rows})

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import Conflict, NotFound, TooManyRequests
 from app.models import Conversation, Escalation
 from app.redact import ALL_KINDS, merge, redact, report
-from app.repositories import audit, messages, notifications, paging, staff, users
+from app.repositories import Record, audit, messages, notifications, paging, staff, users
 
 CONTEXT_MESSAGES = 20
 CONTEXT_MAX_BYTES = 16 * 1024
@@ -182,14 +182,18 @@ async def list_queue(
     limit: int,
     cursor: str | None,
     assignee: uuid.UUID | Literal["none"] | None = None,
+    open_only: bool = False,
 ) -> tuple[list[Escalation], str | None]:
     """The staff work queue, oldest first, one keyset page at a time.
 
     `assignee`: a staff id, or "none" for the unassigned; None means anyone's.
+    `open_only`: leave out the resolved (the staff console's queue).
     """
     conditions: list[ColumnElement[bool]] = []
     if status is not None:
         conditions.append(Escalation.status == status)
+    if open_only:
+        conditions.append(Escalation.status != "resolved")
     if issue_type is not None:
         conditions.append(Escalation.issue_type == issue_type)
     if assignee == "none":
@@ -334,6 +338,46 @@ async def _move(
             )
             .values(status="escalated")
         )
+
+
+async def append_message(
+    session: AsyncSession,
+    *,
+    conversation_id: uuid.UUID,
+    role: str,
+    content: str,
+    actor: str,
+    staff_id: uuid.UUID | None,
+    idempotency_key: str | None = None,
+    redact_kinds: frozenset[str] = ALL_KINDS,
+    agent_events: bool = False,
+) -> tuple[Record, bool]:
+    """Write a service-side message (assistant, user or a staff reply); (message, created).
+
+    A staff reply (`staff_id`, an active account) is audited on the conversation's
+    unresolved escalations and sets their first response time if it is the first; the
+    REST route and the staff console both write replies through here.
+    """
+    if staff_id is not None:
+        await staff.require_active(session, staff_id=staff_id, field="X-Staff-Id")
+    row, created = await messages.append(
+        session,
+        conversation_id=conversation_id,
+        role=role,
+        content=content,
+        idempotency_key=idempotency_key,
+        redact_kinds=redact_kinds,
+        agent_events=agent_events,
+        author_id=staff_id,
+    )
+    if created and staff_id is not None:
+        await note_staff_reply(
+            session,
+            conversation_id=conversation_id,
+            actor=f"{actor}+staff:{staff_id}",
+            message_seq=row.seq,
+        )
+    return row, created
 
 
 async def note_staff_reply(
