@@ -36,6 +36,21 @@
     });
   }
 
+  // The live feed's state, for people (the status line) and for tests (data-live).
+  function showLive(event, state, words) {
+    var source = event.detail && event.detail.elt ? event.detail.elt : event.target;
+    if (!source || !source.setAttribute) return;
+    source.setAttribute("data-live", state);
+    var line = source.querySelector(".live-status");
+    if (line) line.textContent = words;
+  }
+  document.addEventListener("htmx:sseOpen", function (event) {
+    showLive(event, "open", "Live: changes appear here by themselves.");
+  });
+  document.addEventListener("htmx:sseError", function (event) {
+    showLive(event, "reconnecting", "Connection lost, reconnecting…");
+  });
+
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", drawCharts);
   } else {
