@@ -104,7 +104,9 @@ def thread_server(settings: Settings) -> Iterator[ThreadServer]:
 
         async def main() -> None:
             task = asyncio.create_task(server.serve())
-            while not server.started and not task.done():
+            while not server.started:
+                if task.done():
+                    break
                 await asyncio.sleep(0.01)
             started.set()
             await task
@@ -174,7 +176,8 @@ def run_axe(driver: Any) -> list[dict[str, Any]]:
         "const done = arguments[arguments.length - 1];"
         "axe.run(document, {resultTypes: ['violations']})"
         ".then(r => done(JSON.stringify(r.violations)))"
-        ".catch(e => done(JSON.stringify([{id: 'axe-error', impact: 'critical', help: String(e)}])));"
+        ".catch(e => done(JSON.stringify("
+        "[{id: 'axe-error', impact: 'critical', help: String(e)}])));"
     )
     violations: list[dict[str, Any]] = json.loads(result)
     return [
