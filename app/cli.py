@@ -577,7 +577,21 @@ def _staff(settings: Settings, arguments: argparse.Namespace) -> None:
     if arguments.staff_command in {"add", "set-password"}:
         # Asked before any connection is made, so a typo costs no database round trip.
         arguments.password = _read_password(arguments.password_stdin)
-    _run_database_command(_staff_action, settings, arguments)
+    server = None
+    if settings.database_url is None:
+        # The embedded database `serve` uses (started, or joined if `serve` runs), so that
+        # `staff add` then `serve` is all a first try of the staff console takes.
+        from app import embedded
+
+        server, url = embedded.start()
+        os.environ["DATABASE_URL"] = url
+        settings = load_settings()
+        _migrate(settings, arguments)
+    try:
+        _run_database_command(_staff_action, settings, arguments)
+    finally:
+        if server is not None:
+            server.cleanup()
 
 
 async def _staff_action(sessionmaker: Any, arguments: argparse.Namespace) -> None:

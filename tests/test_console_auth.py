@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -10,6 +11,7 @@ from conftest import SERVICE_KEY
 from console_support import PASSWORD, add_staff, console_client, csrf_of, sign_in
 from fastapi import FastAPI
 from itsdangerous import URLSafeTimedSerializer
+from ops_support import run_cli
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -232,3 +234,25 @@ async def test_static_assets_are_served_immutable_under_their_content_hash(
     assert response.headers["content-type"].startswith("text/javascript")
     stale = url.replace(url.split("/")[3], "0" * 16)
     assert (await browser.get(stale)).status_code == 404
+
+
+def test_staff_add_without_a_database_url_uses_the_embedded_database_serve_uses(
+    tmp_path: Path,
+) -> None:
+    # README, "Staff console": `staff add`, then `serve`, is all a first try takes.
+    result = run_cli(
+        "staff",
+        "add",
+        "ann@example.org",
+        "--name",
+        "Ann Lee",
+        "--password-stdin",
+        database_url=None,
+        cwd=tmp_path,
+        input=PASSWORD + "\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "added agent ann@example.org" in result.stdout
+    assert (tmp_path / ".member-support" / "pgdata").is_dir()
+    # The embedded server stops with the command.
+    assert not (tmp_path / ".member-support" / "pgdata" / "postmaster.pid").exists()
