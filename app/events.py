@@ -190,6 +190,10 @@ class Stream:
     cut: bool = False
     # Tears the HTTP response down (set by the response that serves the stream).
     cancel: Callable[[], Any] | None = None
+    # A service stream that also takes committed events before the sequencer numbers
+    # them (position None; the numbered copy follows): the staff console, for which an
+    # event only says "refetch", wants it now, not once older transactions end.
+    early: bool = False
 
     async def next(self) -> Event | None:
         """The next event, or None once the stream has been ended (cut or shutdown)."""
@@ -215,6 +219,7 @@ class EventHub:
         self.listen_target: DatabaseTarget | None = settings.listen_database
         self._member: dict[uuid.UUID, set[Stream]] = defaultdict(set)
         self._service: set[Stream] = set()
+        self._early_service: set[Stream] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._listen_connection: asyncpg.Connection | None = None
@@ -275,6 +280,7 @@ class EventHub:
         *,
         conversation_id: uuid.UUID | None = None,
         types: frozenset[str] | None = None,
+        early: bool = False,
     ) -> Stream:
         """Register a stream; TooManyStreams at SSE_MAX_STREAMS."""
         if self.open_streams >= self.settings.sse_max_streams:
@@ -285,11 +291,14 @@ class EventHub:
             types=types,
             queue=asyncio.Queue(maxsize=self.settings.sse_buffer_events),
             opened_at_position=self.position or 0,
+            early=early,
         )
         if conversation_id is not None:
             self._member[conversation_id].add(stream)
         else:
             self._service.add(stream)
+            if early:
+                self._early_service.add(stream)
         STREAMS_OPEN.labels(kind).inc()
         return stream
 
@@ -306,6 +315,7 @@ class EventHub:
             if stream not in self._service:
                 return
             self._service.discard(stream)
+            self._early_service.discard(stream)
         STREAMS_OPEN.labels(stream.kind).dec()
 
     def _end(self, stream: Stream) -> None:
@@ -352,12 +362,19 @@ class EventHub:
             fresh = [
                 row
                 for row in rows
-                if row.id not in self._early and row.conversation_id in self._member
+                if row.id not in self._early
+                and (row.conversation_id in self._member or self._early_service)
             ]
             built = await load_events(session, fresh) if fresh else []
         for event in built:
-            self._early.add(event.log_id)
-            self._fan_out_to_members(event)
+            if event.service_data is not None:
+                # Offered again on every run until numbered: early streams dedupe by log id.
+                for stream in list(self._early_service):
+                    if stream.types is None or event.type in stream.types:
+                        self._offer(stream, event)
+            if event.conversation_id in self._member:
+                self._early.add(event.log_id)
+                self._fan_out_to_members(event)
 
     async def dispatch(self) -> bool:
         """Sequence, then hand every newly numbered event to the streams; True when rows
@@ -365,7 +382,7 @@ class EventHub:
         async with self._dispatch_sessions() as session:
             async with session.begin():
                 waiting = await event_log.sequence(session)
-            if waiting and self._member:
+            if waiting and (self._member or self._early_service):
                 await self._early_members(session)
             if self.position is None:
                 # First run: streams see what happens from now on.

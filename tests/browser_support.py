@@ -169,6 +169,30 @@ def wait_for(driver: Any, condition: Any, timeout: float = WAIT_S) -> Any:
     return wait.until(condition)
 
 
+def click_and_load(driver: Any, element: Any) -> None:
+    """Click a link or a form's button and wait until the next page has loaded."""
+    from selenium.webdriver.support import expected_conditions
+
+    element.click()
+    wait_for(driver, expected_conditions.staleness_of(element))
+    wait_for(driver, lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def text_of(driver: Any, element_id: str) -> str:
+    """The text of an element by id, read in the page ("" while it is not there)."""
+    return text_at(driver, f"#{element_id}")
+
+
+def text_at(driver: Any, selector: str) -> str:
+    """The text of the first element matching a CSS selector ("" while there is none);
+    read in the page, so a live swap between finding and reading cannot get in the way."""
+    text = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''",
+        selector,
+    )
+    return str(text)
+
+
 def run_axe(driver: Any) -> list[dict[str, Any]]:
     """axe-core's serious and critical violations on the current page."""
     driver.execute_script(AXE.read_text())

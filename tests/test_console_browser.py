@@ -21,12 +21,15 @@ from browser_support import (
     WAIT_S,
     ThreadServer,
     chromium,
+    click_and_load,
     csp_errors,
     member_api,
     require_browser,
     run_axe,
     screenshot,
     set_viewport,
+    text_at,
+    text_of,
     thread_server,
     wait_for,
 )
@@ -101,6 +104,13 @@ def member_escalates(
     return session_id, escalation.json()["id"]
 
 
+def button(driver: Any, words: str) -> Any:
+    """The button that says `words`."""
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.XPATH, f"//button[normalize-space()='{words}']")
+
+
 def row_of(escalation_id: str) -> str:
     return f"tr[data-escalation='{escalation_id}']"
 
@@ -142,29 +152,30 @@ def test_a_staff_member_works_a_case_from_arrival_to_resolution(clean: ThreadSer
         wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, row_of(escalation_id)))
         assert time.monotonic() - started < LIVE_WITHIN_S
         assert driver.execute_script("return window.notReloaded === true")
-        row = driver.find_element(By.CSS_SELECTOR, row_of(escalation_id))
-        assert "Unassigned" in row.text and "New" in row.text
+        row_text = text_at(driver, row_of(escalation_id))
+        assert "Unassigned" in row_text and "New" in row_text
         assert "ada@example.org" not in driver.page_source  # contact details: case page only
 
         # Open it: contact details are here, but never in the URL or the title.
-        row.find_element(By.CSS_SELECTOR, "a.open-case").click()
-        wait_for(driver, lambda d: d.find_elements(By.ID, "case-status"))
+        link = f"{row_of(escalation_id)} a.open-case"
+        click_and_load(driver, wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, link)))
+        wait_for(driver, lambda d: text_of(d, "case-status") == "New")
         assert "ada@example.org" in driver.page_source
         assert "+1 555 0100" in driver.page_source
         for private in ("ada@example.org", "555", "Ada"):
             assert private not in driver.current_url and private not in driver.title
-        assert "My card was swallowed" in driver.find_element(By.ID, "transcript").text
+        assert "My card was swallowed" in text_of(driver, "transcript")
 
         # Assign to me.
-        driver.find_element(By.XPATH, "//button[normalize-space()='Assign to me']").click()
-        wait_for(driver, lambda d: d.find_element(By.ID, "case-assignee").text == "Ann Lee")
+        click_and_load(driver, button(driver, "Assign to me"))
+        wait_for(driver, lambda d: text_of(d, "case-assignee") == "Ann Lee")
 
         # Reply: the member's own event stream carries the staff message.
         history = api.get(f"/sessions/{session_id}/messages").json()["items"]
         heard = follow_member_stream(clean.base_url, session_id, history[-1]["seq"])
         driver.find_element(By.ID, "reply").send_keys("Hello Ada, I am on it.")
-        driver.find_element(By.XPATH, "//button[normalize-space()='Send reply']").click()
-        wait_for(driver, lambda d: "I am on it" in d.find_element(By.ID, "transcript").text)
+        click_and_load(driver, button(driver, "Send reply"))
+        wait_for(driver, lambda d: "I am on it" in text_of(d, "transcript"))
         message = heard.get(timeout=WAIT_S)
         assert message["content"] == "Hello Ada, I am on it."
         assert message["author_name"] == "Ann Lee"
@@ -173,20 +184,20 @@ def test_a_staff_member_works_a_case_from_arrival_to_resolution(clean: ThreadSer
         # The member answers: the open case page shows it live.
         wait_live(driver)
         api.post(f"/sessions/{session_id}/messages", json={"content": "Thank you!"})
-        wait_for(driver, lambda d: "Thank you!" in d.find_element(By.ID, "transcript").text)
+        wait_for(driver, lambda d: "Thank you!" in text_of(d, "transcript"))
 
         # Resolve: it leaves the open queue.
-        driver.find_element(By.XPATH, "//button[normalize-space()='Resolve']").click()
-        wait_for(driver, lambda d: d.find_element(By.ID, "case-status").text == "Resolved")
+        click_and_load(driver, button(driver, "Resolve"))
+        wait_for(driver, lambda d: text_of(d, "case-status") == "Resolved")
         audit = driver.find_element(By.CSS_SELECTOR, "ol.audit").text
         assert "assigned it to Ann Lee" in audit and "to Resolved" in audit
-        driver.find_element(By.LINK_TEXT, "Queue").click()
+        click_and_load(driver, driver.find_element(By.LINK_TEXT, "Queue"))
         wait_for(driver, lambda d: "Nothing waiting" in d.page_source)
         assert not driver.find_elements(By.CSS_SELECTOR, row_of(escalation_id))
         assert csp_errors(driver) == []
 
         # Sign out: the console is closed again.
-        driver.find_element(By.XPATH, "//button[normalize-space()='Sign out']").click()
+        click_and_load(driver, button(driver, "Sign out"))
         wait_for(driver, lambda d: d.current_url.endswith("/console/login"))
         driver.get(f"{clean.base_url}/console/dashboard")
         wait_for(driver, lambda d: d.current_url.endswith("/console/login"))
@@ -206,12 +217,13 @@ def test_a_second_staff_member_sees_the_assignment_live(clean: ThreadServer) -> 
         wait_for(second, lambda d: d.find_elements(By.CSS_SELECTOR, row_of(escalation_id)))
 
         first.get(f"{clean.base_url}/console/cases/{escalation_id}")
-        first.find_element(By.XPATH, "//button[normalize-space()='Assign to me']").click()
-        wait_for(first, lambda d: d.find_element(By.ID, "case-assignee").text == "Ann Lee")
+        wait_for(first, lambda d: text_of(d, "case-status") == "New")
+        click_and_load(first, button(first, "Assign to me"))
+        wait_for(first, lambda d: text_of(d, "case-assignee") == "Ann Lee")
 
         wait_for(
             second,
-            lambda d: "Ann Lee" in d.find_element(By.CSS_SELECTOR, row_of(escalation_id)).text,
+            lambda d: "Ann Lee" in text_at(d, row_of(escalation_id)),
         )
         assert second.execute_script("return window.notReloaded === true")
 

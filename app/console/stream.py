@@ -2,7 +2,13 @@
 
 The browser's EventSource sends the console cookie (same origin), never a service key.
 Events are renamed to one word (`escalation`, `message`, `conversation`) so htmx
-triggers can name them, and `conversation=<id>` keeps only one case's events.
+triggers can name them, and `conversation=<id>` keeps only one case's messages and
+status changes (escalation changes always pass: the queue refetches on them).
+
+An event here only tells the page to refetch what it shows, so the feed has no ids
+and no resume: a reconnecting page refetches anyway. That lets it take committed events
+before the sequencer numbers them (the hub's early delivery), so a case appears at once
+even while an unrelated long transaction holds the gap-free order back.
 """
 
 from __future__ import annotations
@@ -10,44 +16,50 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
-import orjson
 from fastapi import APIRouter, Request
 from sse_starlette import ServerSentEvent
 
-from app.api.events import After, LastEventId, StreamResponse, _hub, _open, _resume_point
-from app.api.events import _service_body as service_body
+from app.api.events import RETRY_MS, StreamResponse, _hub, _open
 from app.console.auth import StaffSession
+from app.events import EVENTS_SENT, Stream
 
 router = APIRouter(prefix="/console", include_in_schema=False)
+
+# Log ids remembered to drop the numbered copy of an event already sent early.
+SEEN_MAX = 10_000
 
 
 @router.get("/events", response_class=StreamResponse)
 async def console_events(
-    request: Request,
-    session: StaffSession,
-    conversation: uuid.UUID | None = None,
-    after: After = None,
-    last_event_id: LastEventId = None,
+    request: Request, session: StaffSession, conversation: uuid.UUID | None = None
 ) -> StreamResponse:
-    """Escalation changes everywhere, and the messages of `conversation` when given."""
-    resume = _resume_point(last_event_id, after)
+    """Escalation changes everywhere; messages and status of `conversation` when given."""
     hub = _hub(request)
-    stream = _open(hub, kind="service", types=None)
-    body = service_body(request, stream, None, resume)
-    return StreamResponse(_for_console(body, conversation), stream, hub)
+    stream = _open(hub, kind="service", types=None, early=True)
+    return StreamResponse(_console_body(stream, conversation), stream, hub)
 
 
-async def _for_console(
-    events: AsyncIterator[ServerSentEvent], conversation: uuid.UUID | None
+async def _console_body(
+    stream: Stream, conversation: uuid.UUID | None
 ) -> AsyncIterator[ServerSentEvent]:
-    wanted = str(conversation) if conversation is not None else None
-    async for event in events:
-        if event.event is None or event.event == "reset":
-            yield event
+    yield ServerSentEvent(retry=RETRY_MS, sep="\n")
+    seen: set[int] = set()
+    while True:
+        event = await stream.next()
+        if event is None:
+            return
+        if event.log_id in seen:
+            if event.position is not None:
+                seen.discard(event.log_id)
             continue
-        kind = event.event.split(".", 1)[0]
-        if kind != "escalation" and (
-            wanted is None or orjson.loads(event.data or "{}").get("conversation_id") != wanted
+        if event.position is None:
+            if len(seen) >= SEEN_MAX:
+                seen.clear()
+            seen.add(event.log_id)
+        kind = event.type.split(".", 1)[0]
+        if event.service_data is None or (
+            kind != "escalation" and event.conversation_id != conversation
         ):
             continue
-        yield ServerSentEvent(data=event.data, event=kind, id=event.id, sep="\n")
+        yield ServerSentEvent(data=event.service_data, event=kind, sep="\n")
+        EVENTS_SENT.labels("service").inc()

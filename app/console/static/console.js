@@ -45,7 +45,15 @@
     if (line) line.textContent = words;
   }
   document.addEventListener("htmx:sseOpen", function (event) {
+    var source = event.detail && event.detail.elt ? event.detail.elt : event.target;
+    var again = source && source.getAttribute && source.getAttribute("data-live") === "reconnecting";
     showLive(event, "open", "Live: changes appear here by themselves.");
+    // The feed does not replay what happened while it was down: refetch instead.
+    if (again && window.htmx) {
+      source.querySelectorAll("[hx-trigger^='sse:']").forEach(function (element) {
+        window.htmx.trigger(element, element.getAttribute("hx-trigger").split(",")[0].trim());
+      });
+    }
   });
   document.addEventListener("htmx:sseError", function (event) {
     showLive(event, "reconnecting", "Connection lost, reconnecting…");
