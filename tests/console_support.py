@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
-from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import get_session
 from app.models import Staff
 from app.repositories import staff as staff_repository
 from app.staff import hash_password
@@ -48,36 +44,3 @@ async def sign_in(
         "/console/login",
         data={"email": email, "password": password, "csrf_token": csrf_of(form.text)},
     )
-
-
-@contextlib.asynccontextmanager
-async def console_client(
-    app: FastAPI, connection: AsyncConnection
-) -> AsyncIterator[httpx.AsyncClient]:
-    """A browser-like client (https, so Secure cookies come back) whose requests run in
-    the test's transaction."""
-
-    async def joined_session() -> AsyncIterator[AsyncSession]:
-        session = AsyncSession(
-            bind=connection,
-            join_transaction_mode="create_savepoint",
-            expire_on_commit=False,
-            autoflush=False,
-        )
-        try:
-            async with session.begin():
-                yield session
-        finally:
-            await session.close()
-
-    app.dependency_overrides[get_session] = joined_session
-    app.state.hot_paths = False
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-            base_url="https://test",
-        ) as http:
-            yield http
-    finally:
-        app.dependency_overrides.pop(get_session, None)
-        app.state.hot_paths = not app.state.settings.transaction_pooler

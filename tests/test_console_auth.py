@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import SERVICE_KEY
-from console_support import PASSWORD, add_staff, console_client, csrf_of, sign_in
+from console_support import PASSWORD, add_staff, csrf_of, sign_in
 from fastapi import FastAPI
 from itsdangerous import URLSafeTimedSerializer
 from ops_support import run_cli
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.repositories import staff as staff_repository
 
 
 @pytest.fixture
-async def browser(app: FastAPI, connection: AsyncConnection) -> AsyncIterator[httpx.AsyncClient]:
-    async with console_client(app, connection) as http:
-        yield http
+async def browser(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """The test-transaction client over https, as a browser would send Secure cookies."""
+    client.base_url = httpx.URL("https://test")
+    return client
 
 
 async def test_a_console_url_without_a_session_redirects_to_the_login_page(

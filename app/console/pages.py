@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -169,16 +169,21 @@ def _assignee(
     return {"anyone": None, "mine": session.staff_id, "unassigned": "none"}[filter_]
 
 
-async def _queue(
-    request: Request,
+QueueStatus = Annotated[str | None, Query(pattern="^(|pending|notified|in_progress|resolved)$")]
+QueueIssueType = Annotated[str | None, Query(pattern="^(|[a-z][a-z0-9_]{0,49})$")]
+QueueCursor = Annotated[str | None, Query(max_length=512)]
+
+
+async def queue_context(
     db: SessionDep,
     settings: SettingsDep,
-    session: ActiveSession,
-    status: str | None,
-    issue_type: str | None,
-    assignee: AssigneeFilter,
-    cursor: str | None,
+    session: StaffSession,
+    status: QueueStatus = None,
+    issue_type: QueueIssueType = None,
+    assignee: AssigneeFilter = "anyone",
+    cursor: QueueCursor = None,
 ) -> dict[str, Any]:
+    """One page of the queue as the filters in the query string ask, ready to render."""
     rows, next_cursor = await escalations.list_queue(
         db,
         status=status or None,
@@ -215,41 +220,19 @@ async def _queue(
     }
 
 
-QueueStatus = Annotated[str | None, Query(pattern="^(|pending|notified|in_progress|resolved)$")]
-QueueIssueType = Annotated[str | None, Query(pattern="^(|[a-z][a-z0-9_]{0,49})$")]
-QueueCursor = Annotated[str | None, Query(max_length=512)]
+QueueContext = Annotated[dict[str, Any], Depends(queue_context)]
 
 
 @router.get("")
-async def queue_page(
-    request: Request,
-    db: SessionDep,
-    settings: SettingsDep,
-    session: StaffSession,
-    status: QueueStatus = None,
-    issue_type: QueueIssueType = None,
-    assignee: AssigneeFilter = "anyone",
-    cursor: QueueCursor = None,
-) -> HTMLResponse:
+async def queue_page(request: Request, session: StaffSession, queue: QueueContext) -> HTMLResponse:
     """Open escalations, oldest first, a page at a time, live."""
-    context = await _queue(request, db, settings, session, status, issue_type, assignee, cursor)
-    return render(request, "queue.html", context, session)
+    return render(request, "queue.html", queue, session)
 
 
 @router.get("/queue/rows")
-async def queue_rows(
-    request: Request,
-    db: SessionDep,
-    settings: SettingsDep,
-    session: StaffSession,
-    status: QueueStatus = None,
-    issue_type: QueueIssueType = None,
-    assignee: AssigneeFilter = "anyone",
-    cursor: QueueCursor = None,
-) -> HTMLResponse:
+async def queue_rows(request: Request, session: StaffSession, queue: QueueContext) -> HTMLResponse:
     """The queue's table alone: what the live update swaps in."""
-    context = await _queue(request, db, settings, session, status, issue_type, assignee, cursor)
-    return render(request, "_queue_table.html", context, session)
+    return render(request, "_queue_table.html", queue, session)
 
 
 # --- a case -------------------------------------------------------------------------------
@@ -356,10 +339,6 @@ async def transcript_older(
     return render(request, "_older.html", context, session)
 
 
-def _back_to(escalation_id: uuid.UUID) -> RedirectResponse:
-    return RedirectResponse(f"/console/cases/{escalation_id}", status_code=303)
-
-
 def _refused(
     request: Request, session: ActiveSession, error: DomainError, back: str
 ) -> HTMLResponse:
@@ -370,6 +349,25 @@ def _refused(
         session,
         status_code=error.status_code,
     )
+
+
+async def _change(
+    request: Request,
+    db: SessionDep,
+    session: ActiveSession,
+    escalation_id: uuid.UUID,
+    **change: Any,
+) -> Response:
+    """escalations.change by the signed-in staff member, then back to the case (or a
+    page saying why not)."""
+    back = f"/console/cases/{escalation_id}"
+    try:
+        await escalations.change(
+            db, escalation_id=escalation_id, actor=f"console+staff:{session.staff_id}", **change
+        )
+    except DomainError as error:
+        return _refused(request, session, error, back)
+    return RedirectResponse(back, status_code=303)
 
 
 @router.post("/cases/{escalation_id}/status")
@@ -383,19 +381,9 @@ async def move_status(
     """One of the allowed status moves (as PATCH /escalations/{id} makes it)."""
     status = form.get("status", "")
     if status not in ESCALATION_STATUSES:
-        return _refused(
-            request, session, Unprocessable("Unknown status"), f"/console/cases/{escalation_id}"
-        )
-    try:
-        await escalations.change(
-            db,
-            escalation_id=escalation_id,
-            actor=f"console+staff:{session.staff_id}",
-            status=status,
-        )
-    except DomainError as error:
+        error = Unprocessable("Unknown status")
         return _refused(request, session, error, f"/console/cases/{escalation_id}")
-    return _back_to(escalation_id)
+    return await _change(request, db, session, escalation_id, status=status)
 
 
 @router.post("/cases/{escalation_id}/assignee")
@@ -409,22 +397,9 @@ async def assign(
     """Assign the case to me (`to=me`) or unassign it (`to=nobody`)."""
     target = {"me": session.staff_id, "nobody": None}.get(form.get("to", ""), escalations.UNCHANGED)
     if target is escalations.UNCHANGED:
-        return _refused(
-            request,
-            session,
-            Unprocessable("Choose me or nobody"),
-            f"/console/cases/{escalation_id}",
-        )
-    try:
-        await escalations.change(
-            db,
-            escalation_id=escalation_id,
-            actor=f"console+staff:{session.staff_id}",
-            assignee_id=target,
-        )
-    except DomainError as error:
+        error = Unprocessable("Choose me or nobody")
         return _refused(request, session, error, f"/console/cases/{escalation_id}")
-    return _back_to(escalation_id)
+    return await _change(request, db, session, escalation_id, assignee_id=target)
 
 
 @router.post("/cases/{escalation_id}/reply")
@@ -460,7 +435,7 @@ async def reply(
         )
     except DomainError as error:
         return _refused(request, session, error, back)
-    return _back_to(escalation_id)
+    return RedirectResponse(back, status_code=303)
 
 
 # --- the dashboard ------------------------------------------------------------------------
