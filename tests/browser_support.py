@@ -27,6 +27,7 @@ import uvicorn
 from console_support import PASSWORD
 from fastapi import FastAPI
 from ops_support import free_port
+from sqlalchemy import text
 
 from app.main import create_app
 from app.repositories import staff as staff_repository
@@ -85,6 +86,17 @@ class ThreadServer:
 
         return email, self.run(add())
 
+    async def backdate_escalation(self, escalation_id: str, minutes: int) -> None:
+        """Make an escalation `minutes` older (an SLA breach, for the pictures)."""
+        async with self.app.state.sessionmaker() as session, session.begin():
+            await session.execute(
+                text(
+                    "UPDATE escalations SET created_at = created_at - make_interval(mins => :m) "
+                    "WHERE id = :id"
+                ),
+                {"m": minutes, "id": uuid.UUID(escalation_id)},
+            )
+
 
 @contextlib.contextmanager
 def thread_server(settings: Settings) -> Iterator[ThreadServer]:
@@ -122,6 +134,11 @@ def thread_server(settings: Settings) -> Iterator[ThreadServer]:
     finally:
         server.should_exit = True
         thread.join(15)
+        # Tasks sse-starlette leaves behind (its shutdown watcher) end with the loop.
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
 
 

@@ -231,17 +231,26 @@ def test_a_second_staff_member_sees_the_assignment_live(clean: ThreadServer) -> 
 def test_every_page_passes_axe_fits_360_px_and_is_photographed(clean: ThreadServer) -> None:
     from selenium.webdriver.common.by import By
 
-    email, _ = clean.add_staff("Ann Lee")
+    email, ann = clean.add_staff("Ann Lee")
     with chromium() as driver, member_api(clean.base_url) as api:
-        driver.get(f"{clean.base_url}/console/login")
         pages = {"login": f"{clean.base_url}/console/login"}
         sign_in_with_the_keyboard(driver, clean.base_url, email)
-        ids = [member_escalates(api, kind, f"Help with my {kind}")[1] for kind in ("card", "loan")]
+        # Pages with something on them: states, an assignee, an SLA breach, replies.
+        headers = {"Authorization": f"Bearer {SERVICE_KEY}"}
+        cases = [member_escalates(api, kind, f"Help with my {kind}") for kind in ("card", "loan")]
         session_id, case_id = member_escalates(api, "fraud", "Someone used my card abroad")
         for number in range(3):
             api.post(f"/sessions/{session_id}/messages", json={"content": f"More detail {number}"})
-        headers = {"Authorization": f"Bearer {SERVICE_KEY}"}
-        api.patch(f"/escalations/{ids[0]}", json={"status": "in_progress"}, headers=headers)
+        for member_session, _ in [*cases, (session_id, case_id)]:
+            conversation = api.get(f"/sessions/{member_session}").json()["conversation_id"]
+            api.post(
+                f"/conversations/{conversation}/messages",
+                json={"role": "assistant", "content": "A person will answer shortly."},
+                headers=headers,
+            )
+        patch = {"status": "in_progress", "assignee_id": str(ann)}
+        api.patch(f"/escalations/{cases[0][1]}", json=patch, headers=headers)
+        clean.run(clean.backdate_escalation(cases[1][1], minutes=42))
         pages.update(
             queue=f"{clean.base_url}/console",
             case=f"{clean.base_url}/console/cases/{case_id}",
