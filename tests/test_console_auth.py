@@ -256,3 +256,29 @@ def test_staff_add_without_a_database_url_uses_the_embedded_database_serve_uses(
     assert (tmp_path / ".member-support" / "pgdata").is_dir()
     # The embedded server stops with the command.
     assert not (tmp_path / ".member-support" / "pgdata" / "postmaster.pid").exists()
+
+
+async def test_signing_in_replaces_a_hash_made_with_older_parameters(
+    browser: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    from argon2 import PasswordHasher
+
+    account = await add_staff(db)
+    weak = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(PASSWORD)
+    await staff_repository.set_password_hash(db, email=account.email, password_hash=weak)
+    assert (await sign_in(browser, account.email)).status_code == 303
+    stored = await db.scalar(
+        text("SELECT password_hash FROM staff WHERE id = :id"), {"id": account.id}
+    )
+    assert stored != weak and stored.startswith("$argon2id$")
+
+
+def test_a_short_console_secret_key_stops_start_up_naming_the_variable() -> None:
+    from app.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match=r"^CONSOLE_SECRET_KEY: must be at least 32 bytes"):
+        load_settings(console_secret_key="too short", _env_file=None)
+    key = "k" * 32
+    settings = load_settings(console_secret_key=key, _env_file=None)
+    assert settings.console_secret_key is not None
+    assert key not in repr(settings)
