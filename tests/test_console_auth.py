@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,7 @@ from fastapi import FastAPI
 from itsdangerous import URLSafeTimedSerializer
 from ops_support import run_cli
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.repositories import staff as staff_repository
 
@@ -282,3 +283,23 @@ def test_a_short_console_secret_key_stops_start_up_naming_the_variable() -> None
     settings = load_settings(console_secret_key=key, _env_file=None)
     assert settings.console_secret_key is not None
     assert key not in repr(settings)
+
+
+async def test_concurrent_wrong_passwords_for_one_email_record_exactly_five_failures(
+    app: FastAPI, committed_engine: AsyncEngine
+) -> None:
+    async with AsyncSession(committed_engine, expire_on_commit=False) as session:
+        async with session.begin():
+            account = await add_staff(session)
+
+    async def attempt() -> int:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="https://test"
+        ) as http:
+            return (await sign_in(http, account.email, "wrong password 123")).status_code
+
+    statuses = await asyncio.gather(*(attempt() for _ in range(8)))
+    assert sorted(statuses) == [401] * 5 + [429] * 3
+    async with committed_engine.connect() as connection:
+        recorded = await connection.scalar(text("SELECT count(*) FROM console_login_failures"))
+    assert recorded == 5

@@ -123,6 +123,7 @@ async def login(request: Request, db: SessionDep, settings: SettingsDep) -> Resp
         email = passwords.normalise_email(raw_email)
     except passwords.InvalidStaffInput:
         email = raw_email.strip().lower()
+    await console.hold_sign_ins(db, email=email)
     if await console.recent_failures(db, email=email) >= LOGIN_FAILURES_MAX:
         refused = _login_page(
             request,

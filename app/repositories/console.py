@@ -80,6 +80,12 @@ async def end(session: AsyncSession, *, session_id: str) -> None:
     )
 
 
+async def hold_sign_ins(session: AsyncSession, *, email: str) -> None:
+    """Take this email's sign-in lock until the transaction ends: concurrent attempts for
+    one email are checked and counted one after the other, so the limit is exact."""
+    await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(email, 0))))
+
+
 async def recent_failures(session: AsyncSession, *, email: str) -> int:
     """Failed logins for this email within the last LOGIN_FAILURE_WINDOW."""
     count = await session.scalar(
