@@ -288,9 +288,11 @@ def test_a_short_console_secret_key_stops_start_up_naming_the_variable() -> None
 async def test_concurrent_wrong_passwords_for_one_email_record_exactly_five_failures(
     app: FastAPI, committed_engine: AsyncEngine
 ) -> None:
-    async with AsyncSession(committed_engine, expire_on_commit=False) as session:
-        async with session.begin():
-            account = await add_staff(session)
+    async with (
+        AsyncSession(committed_engine, expire_on_commit=False) as session,
+        session.begin(),
+    ):
+        account = await add_staff(session)
 
     async def attempt() -> int:
         async with httpx.AsyncClient(
