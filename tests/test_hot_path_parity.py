@@ -1,15 +1,26 @@
-"""The hot-path layer answers exactly as the FastAPI routes do, and hands over the rest."""
+"""The hot-path layer answers exactly as the FastAPI routes do, and hands over the rest.
+
+The member route tests (marked `both_paths`) already run every member rule both ways;
+these cases add the byte-for-byte comparison of the same request answered each way,
+the hand-over counts, and the HOT_PATHS switch."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
+from conftest import make_settings
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 
+from app.db import get_session
 from app.fastpath import HotPaths
+from app.main import create_app
+from app.settings import Settings
 
 BASE = "/api/v1/sessions"
 
@@ -21,10 +32,10 @@ async def both(
     """The committed client, and a switch for the hot-path layer."""
     if app.state.settings.transaction_pooler:
         pytest.skip("the hot-path layer stands aside behind a transaction pooler")
-    original = app.state.hot_paths
+    original = app.state.hot_connection
 
     def switch(enabled: bool) -> None:
-        app.state.hot_paths = enabled
+        app.state.hot_connection = original if enabled else None
 
     try:
         yield committed_client, switch
@@ -191,8 +202,85 @@ async def test_an_archived_conversation_refuses_through_the_layer(
     assert response.status_code == 409
 
 
-async def test_the_layer_stands_aside_behind_a_transaction_pooler(app: FastAPI) -> None:
-    if app.state.settings.transaction_pooler:
-        assert app.state.hot_paths is False
-    else:
-        assert app.state.hot_paths is True
+@contextlib.asynccontextmanager
+async def _own_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    application = create_app(settings)
+    transport = httpx.ASGITransport(app=application)
+    async with (
+        LifespanManager(application),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        yield application, client
+
+
+def handovers(reason: str) -> float:
+    return REGISTRY.get_sample_value("hot_path_handovers_total", {"reason": reason}) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("reason", "method", "tail", "kwargs"),
+    [
+        ("invalid_query", "GET", "/messages?limit=0", {}),
+        ("invalid_body", "POST", "/messages", {"json": {"content": " "}}),
+        ("content_type", "POST", "/messages", {"content": b"hi"}),
+        (
+            "headers",
+            "POST",
+            "/messages",
+            {"json": {"content": "hi"}, "headers": [("Idempotency-Key", "a")] * 2},
+        ),
+    ],
+)
+async def test_each_hand_over_is_counted_by_reason(
+    both: Any, reason: str, method: str, tail: str, kwargs: dict[str, Any]
+) -> None:
+    session_id = await _session_with_history(both[0], 0)
+    before = handovers(reason)
+    await both[0].request(method, f"{BASE}/{session_id}{tail}", **kwargs)
+    assert handovers(reason) == before + 1
+
+
+async def test_a_plain_request_is_answered_without_fastapi(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layer really serves: FastAPI's database dependency is never asked for."""
+    settings = make_settings(database_url)
+    if not settings.hot_paths_active:
+        pytest.skip("the hot-path layer stands aside behind a transaction pooler")
+    framework_requests: list[str] = []
+    async with _own_app(settings) as (application, client):
+        session_id = (await client.post(BASE)).json()["session_id"]
+
+        async def counting_session() -> AsyncIterator[Any]:
+            framework_requests.append("session")
+            async with application.state.sessionmaker.begin() as session:
+                yield session
+
+        application.dependency_overrides[get_session] = counting_session
+        sent = await client.post(f"{BASE}/{session_id}/messages", json={"content": "hi"})
+        read = await client.get(f"{BASE}/{session_id}")
+        page = await client.get(f"{BASE}/{session_id}/messages?limit=5")
+        assert (sent.status_code, read.status_code, page.status_code) == (201, 200, 200)
+        assert framework_requests == []
+        refused = await client.get(f"{BASE}/{session_id}/messages?limit=0")
+        assert refused.status_code == 422
+        assert framework_requests == ["session"]
+
+
+async def test_hot_paths_off_hands_everything_to_fastapi(database_url: str) -> None:
+    settings = make_settings(database_url, hot_paths=False)
+    assert settings.hot_paths_active is False
+    async with _own_app(settings) as (application, client):
+        assert application.state.hot_connection is None
+        session_id = (await client.post(BASE)).json()["session_id"]
+        before = handovers("invalid_query")
+        assert (await client.get(f"{BASE}/{session_id}/messages?limit=0")).status_code == 422
+        assert handovers("invalid_query") == before  # not a hand-over: never taken
+
+
+def test_the_layer_stands_aside_behind_a_transaction_pooler(database_url: str) -> None:
+    assert make_settings(database_url, db_pooler="transaction").hot_paths_active is False
+    assert make_settings(database_url, db_pooler="direct").hot_paths_active is True
+    assert (
+        make_settings(database_url, db_pooler="direct", hot_paths=False).hot_paths_active is False
+    )
