@@ -16,6 +16,7 @@ from asgi_lifespan import LifespanManager
 from conftest import make_settings
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import get_session
 from app.fastpath import HotPaths
@@ -213,6 +214,20 @@ async def _own_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.Asy
         yield application, client
 
 
+HANDOVER_REASONS = (
+    "invalid_query",
+    "invalid_body",
+    "content_type",
+    "headers",
+    "client_abort",
+    "transaction_conflict",
+)
+
+
+def hot_path_errors(error_type: str) -> float:
+    return REGISTRY.get_sample_value("hot_path_errors_total", {"error_type": error_type}) or 0.0
+
+
 def handovers(reason: str) -> float:
     return REGISTRY.get_sample_value("hot_path_handovers_total", {"reason": reason}) or 0.0
 
@@ -284,3 +299,41 @@ def test_the_layer_stands_aside_behind_a_transaction_pooler(database_url: str) -
     assert (
         make_settings(database_url, db_pooler="direct", hot_paths=False).hot_paths_active is False
     )
+
+
+_REFUSING_TRIGGER = (
+    """
+    CREATE FUNCTION test_refuse_message() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.content = 'refuse me' THEN
+            RAISE EXCEPTION 'refused by a test trigger' USING ERRCODE = 'check_violation';
+        END IF;
+        RETURN NEW;
+    END $$
+    """,
+    """
+    CREATE TRIGGER test_refuse_message BEFORE INSERT ON messages
+    FOR EACH ROW EXECUTE FUNCTION test_refuse_message()
+    """,
+)
+
+
+@pytest.mark.parametrize("hot_paths", [True, False], ids=["hot", "fastapi"], indirect=True)
+async def test_a_database_refusal_gets_the_one_sqlstate_mapping_on_both_paths(
+    app: FastAPI, client: httpx.AsyncClient, connection: AsyncConnection, hot_paths: bool
+) -> None:
+    """A database error that is not an outage: the same 422 either way, and the layer
+    counts it as an error of its own (never replayed through FastAPI)."""
+    for statement in _REFUSING_TRIGGER:  # in the test's transaction: rolled back after
+        await connection.exec_driver_sql(statement)
+    session_id = (await client.post(BASE)).json()["session_id"]
+    served_by_layer = app.state.hot_connection is not None  # off: param, or a pooler
+    errors_before = hot_path_errors("CheckViolationError")
+    handovers_before = sum(handovers(reason) for reason in HANDOVER_REASONS)
+    refused = await client.post(f"{BASE}/{session_id}/messages", json={"content": "refuse me"})
+    assert refused.status_code == 422
+    assert refused.json() == {"detail": "Value not accepted by the database"}
+    assert hot_path_errors("CheckViolationError") == errors_before + served_by_layer
+    assert sum(handovers(reason) for reason in HANDOVER_REASONS) == handovers_before
+    history = await client.get(f"{BASE}/{session_id}/messages")
+    assert history.json()["items"] == []
