@@ -288,3 +288,18 @@ async def test_a_full_history_walk_backwards_and_forwards_has_no_gaps_or_duplica
             break
         cursor = seqs[-1]
     assert forwards == list(range(1, total + 1))
+
+
+async def test_before_and_after_together_are_named_in_the_error(client: httpx.AsyncClient) -> None:
+    session = await open_session(client)
+    response = await _history(client, session["session_id"], before=5, after=1)
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": [
+            {
+                "type": "value_error",
+                "loc": ["query", "after"],
+                "msg": "give at most one of before, after",
+            }
+        ]
+    }

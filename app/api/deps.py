@@ -11,7 +11,8 @@ from fastapi import Depends, Header, HTTPException, Path, Query, Request, Respon
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, Field, StringConstraints, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from app import jsonbody
 from app.errors import NotFound
@@ -210,12 +211,13 @@ class HistoryQuery(BaseModel):
         default=None, ge=0, le=2**63 - 1, description="Only messages with a larger seq"
     )
 
-    @model_validator(mode="after")
-    def _one_direction(self) -> HistoryQuery:
+    @field_validator("after")
+    @classmethod
+    def _one_direction(cls, after: int | None, info: ValidationInfo) -> int | None:
         # `before` and `after` page in opposite directions; both at once is a client error.
-        if self.before is not None and self.after is not None:
-            raise ValueError("give at most one of before, after")
-        return self
+        if after is not None and info.data.get("before") is not None:
+            raise PydanticCustomError("value_error", "give at most one of before, after")
+        return after
 
 
 HistoryQueryDep = Annotated[HistoryQuery, Query()]
