@@ -5,9 +5,9 @@ POST /api/v1/sessions/{id}/messages are most of a chat backend's traffic. This A
 layer answers them on a pooled asyncpg connection without FastAPI's per-request
 machinery (dependency solving, response-model validation, a SQLAlchemy session and its
 BEGIN/COMMIT round trips for a single statement). It holds no rule of its own: it
-validates with the routes' own models (app.api.deps, app.schemas), reads and writes
-through the same repository functions, serializes with the same RowShapes
-(app.serialize) and maps errors with app.errors. What remains here is dispatch,
+validates with the routes' own models (app.api.deps, app.schemas), then calls the very
+functions the routes call to answer (app.api.answers: the repository functions and the
+serializers), and maps errors with app.errors. What remains here is dispatch,
 connection handling and the hand-over: a request these models refuse (FastAPI then
 renders the 422/415 with its own error shape), an ambiguous header, a client that left
 mid-body or a transaction conflict (FastAPI retries it) goes to FastAPI, counted by
@@ -34,6 +34,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import jsonbody
+from app.api import answers
 from app.api.deps import HistoryQuery, IdempotencyKeyValue, check_content_length
 from app.errors import (
     DomainError,
@@ -42,9 +43,8 @@ from app.errors import (
     is_unavailable,
     unexpected_error_response,
 )
-from app.repositories import Driver, conversations, messages
+from app.repositories import Driver
 from app.schemas import SESSION_ID_PATTERN, MessageCreate
-from app.serialize import MESSAGE, SESSION, JSONBytes, message_page
 from app.settings import Settings
 
 PREFIX = "/api/v1/sessions/"
@@ -161,8 +161,7 @@ class HotPaths:
 
     def _read_session(self, session_id: str) -> Work:
         async def run(driver: Driver) -> Response:
-            row = await conversations.get_session(driver, session_id=session_id)
-            return JSONBytes(SESSION.json(row))
+            return await answers.read_session(driver, session_id=session_id)
 
         return run
 
@@ -177,14 +176,7 @@ class HotPaths:
             raise _HandOver("invalid_query") from None
 
         async def run(driver: Driver) -> Response:
-            items, has_more = await messages.page(
-                driver,
-                session_id=session_id,
-                limit=query.limit,
-                before=query.before,
-                after=query.after,
-            )
-            return JSONBytes(message_page(items, has_more))
+            return await answers.read_history(driver, query, session_id=session_id)
 
         return run
 
@@ -194,17 +186,13 @@ class HotPaths:
         content, idempotency_key = self._message_body(scope, body)
 
         async def run(driver: Driver) -> Response:
-            row, created = await messages.append(
+            return await answers.send_member_message(
                 driver,
+                self.settings,
                 session_id=session_id,
-                role="user",
                 content=content,
                 idempotency_key=idempotency_key,
-                redact_kinds=self.settings.redact,
-                per_minute=self.settings.member_messages_per_minute,
-                agent_events=self.settings.agent_webhook_enabled,
             )
-            return JSONBytes(MESSAGE.json(row), status_code=201 if created else 200)
 
         return run
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 
+from app.api import answers
 from app.api.deps import (
     ActorDep,
     HistoryQueryDep,
@@ -30,7 +31,7 @@ from app.schemas import (
     MessagePage,
     ServiceMessageCreate,
 )
-from app.serialize import MESSAGE, JSONBytes, message_page
+from app.serialize import MESSAGE, JSONBytes
 
 router = APIRouter(
     prefix="/conversations",
@@ -131,14 +132,7 @@ async def read_messages(
     db: SessionDep, conversation_id: uuid.UUID, query: HistoryQueryDep
 ) -> Response:
     """The member route's paging, for any conversation."""
-    items, has_more = await messages.page(
-        db,
-        conversation_id=conversation_id,
-        limit=query.limit,
-        before=query.before,
-        after=query.after,
-    )
-    return JSONBytes(message_page(items, has_more))
+    return await answers.read_history(db, query, conversation_id=conversation_id)
 
 
 @router.patch(

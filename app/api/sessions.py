@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from app import identity
+from app.api import answers
 from app.api.deps import (
     HistoryQueryDep,
     IdempotencyKey,
@@ -16,7 +17,7 @@ from app.api.deps import (
     error_responses,
 )
 from app.db import SessionDep
-from app.repositories import conversations, escalations, messages, users
+from app.repositories import conversations, escalations, users
 from app.schemas import (
     ContactUpdate,
     EscalationCreate,
@@ -29,7 +30,7 @@ from app.schemas import (
     Session,
     SessionCreate,
 )
-from app.serialize import MESSAGE, SESSION, JSONBytes, message_page
+from app.serialize import SESSION, JSONBytes
 
 router = APIRouter(prefix="/sessions", tags=["member"], route_class=StrictJSONRoute)
 
@@ -68,7 +69,7 @@ async def open_session(
 )
 async def read_session(db: SessionDep, session_id: SessionIdDep) -> Response:
     """The session's conversation and its status."""
-    return JSONBytes(SESSION.json(await conversations.get_session(db, session_id=session_id)))
+    return await answers.read_session(db, session_id=session_id)
 
 
 @router.patch(
@@ -125,17 +126,13 @@ async def send_message(
     """Append a `user` message. Archived conversations refuse new messages (409); more
     than MEMBER_MESSAGES_PER_MINUTE in a minute → 429 (a replay does not count)."""
     check_content_length(settings, body.content)
-    row, created = await messages.append(
+    return await answers.send_member_message(
         db,
+        settings,
         session_id=session_id,
-        role="user",
         content=body.content,
         idempotency_key=idempotency_key,
-        redact_kinds=settings.redact,
-        per_minute=settings.member_messages_per_minute,
-        agent_events=settings.agent_webhook_enabled,
     )
-    return JSONBytes(MESSAGE.json(row), status_code=201 if created else 200)
 
 
 @router.get(
@@ -148,10 +145,7 @@ async def read_messages(
     db: SessionDep, session_id: SessionIdDep, query: HistoryQueryDep
 ) -> Response:
     """Oldest first. No cursor: the latest `limit`; `before=S`: older than S; `after=S`: newer."""
-    items, has_more = await messages.page(
-        db, session_id=session_id, limit=query.limit, before=query.before, after=query.after
-    )
-    return JSONBytes(message_page(items, has_more))
+    return await answers.read_history(db, query, session_id=session_id)
 
 
 @router.post(
