@@ -19,7 +19,12 @@ from app.api import (
     stats,
     users,
 )
-from app.db import RetryTransactionConflicts, create_engine, create_sessionmaker
+from app.db import (
+    RetryTransactionConflicts,
+    create_engine,
+    create_read_sessionmaker,
+    create_sessionmaker,
+)
 from app.errors import install_error_handlers
 from app.events import EventHub
 from app.fastpath import HotPaths, pooled_driver
@@ -55,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings)
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine, settings)
+        app.state.read_sessionmaker = create_read_sessionmaker(engine, settings)
         # The hot-path layer's connections (tests hand it theirs; None: it stands aside).
         app.state.hot_connection = (
             (lambda: pooled_driver(engine)) if settings.hot_paths_active else None

@@ -31,7 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from app.db import create_engine, get_session
+from app.db import create_engine, get_read_session, get_session
 from app.main import create_app
 from app.migrations import upgrade_to_head
 from app.settings import Settings
@@ -272,6 +272,7 @@ async def client(
             await session.close()
 
     app.dependency_overrides[get_session] = joined_session
+    app.dependency_overrides[get_read_session] = joined_session
     production_source = app.state.hot_connection
     if production_source is not None:  # direct mode, HOT_PATHS on: as production serves
         app.state.hot_connection = joined_driver(connection) if hot_paths else None
@@ -280,6 +281,7 @@ async def client(
             yield http
     finally:
         app.dependency_overrides.pop(get_session, None)
+        app.dependency_overrides.pop(get_read_session, None)
         app.state.hot_connection = production_source
 
 

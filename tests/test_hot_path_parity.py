@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import get_session
+from app.db import get_read_session, get_session
 from app.fastpath import HotPaths
 from app.main import create_app
 from app.settings import Settings
@@ -272,6 +272,7 @@ async def test_a_plain_request_is_answered_without_fastapi(
                 yield session
 
         application.dependency_overrides[get_session] = counting_session
+        application.dependency_overrides[get_read_session] = counting_session
         sent = await client.post(f"{BASE}/{session_id}/messages", json={"content": "hi"})
         read = await client.get(f"{BASE}/{session_id}")
         page = await client.get(f"{BASE}/{session_id}/messages?limit=5")

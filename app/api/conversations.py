@@ -19,7 +19,7 @@ from app.api.deps import (
     error_responses,
     require_service_key,
 )
-from app.db import SessionDep
+from app.db import ReadSessionDep, SessionDep
 from app.errors import Unprocessable
 from app.repositories import conversations, escalations, messages, staff
 from app.schemas import (
@@ -129,7 +129,7 @@ async def read_conversation(db: SessionDep, conversation_id: uuid.UUID) -> Conve
     response_model=MessagePage,
 )
 async def read_messages(
-    db: SessionDep, conversation_id: uuid.UUID, query: HistoryQueryDep
+    db: ReadSessionDep, conversation_id: uuid.UUID, query: HistoryQueryDep
 ) -> Response:
     """The member route's paging, for any conversation."""
     return await answers.read_history(db, query, conversation_id=conversation_id)

@@ -16,7 +16,7 @@ from app.api.deps import (
     check_issue_type,
     error_responses,
 )
-from app.db import SessionDep
+from app.db import ReadSessionDep, SessionDep
 from app.repositories import conversations, escalations, users
 from app.schemas import (
     ContactUpdate,
@@ -67,7 +67,7 @@ async def open_session(
     summary="Read a session",
     response_model=Session,
 )
-async def read_session(db: SessionDep, session_id: SessionIdDep) -> Response:
+async def read_session(db: ReadSessionDep, session_id: SessionIdDep) -> Response:
     """The session's conversation and its status."""
     return await answers.read_session(db, session_id=session_id)
 
@@ -142,7 +142,7 @@ async def send_message(
     response_model=MessagePage,
 )
 async def read_messages(
-    db: SessionDep, session_id: SessionIdDep, query: HistoryQueryDep
+    db: ReadSessionDep, session_id: SessionIdDep, query: HistoryQueryDep
 ) -> Response:
     """Oldest first. No cursor: the latest `limit`; `before=S`: older than S; `after=S`: newer."""
     return await answers.read_history(db, query, session_id=session_id)
