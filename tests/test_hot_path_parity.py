@@ -19,7 +19,6 @@ from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import get_read_session, get_session
-from app.fastpath import HotPaths
 from app.main import create_app
 from app.settings import Settings
 
@@ -68,11 +67,6 @@ async def _session_with_history(client: httpx.AsyncClient, count: int) -> str:
         )
         assert response.status_code == 201
     return str(session_id)
-
-
-def test_the_layer_is_installed(app: FastAPI) -> None:
-    layers = [middleware.cls for middleware in app.user_middleware]
-    assert HotPaths in layers
 
 
 async def test_a_session_reads_the_same_both_ways(both: Any) -> None:
