@@ -71,6 +71,8 @@ class Watcher:
                     return
                 now = time.perf_counter()
                 buffer += chunk
+                if not self.ready.is_set() and not buffer.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(f"stream refused: {buffer[:200]!r}")
                 if b"retry: 3000" in buffer:
                     self.ready.set()
                 while b"\nid: " in buffer:
@@ -148,7 +150,14 @@ def main() -> None:
     try:
         upgrade_to_head(url)
         port = free_port()
-        environment = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING"}
+        environment = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "LOG_LEVEL": "WARNING",
+            # Every stream is a connection: uvicorn's cap (HTTP_LIMIT_CONCURRENCY, 512 by
+            # default) must leave room for them and the writes.
+            "HTTP_LIMIT_CONCURRENCY": str(arguments.streams + 100),
+        }
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
             env=environment,

@@ -102,7 +102,7 @@ async def test_a_stream_that_falls_behind_is_cut_without_holding_back_the_others
             sent = await _say(http, sid, "still served")
             received = await reader.next_event()
         assert received.json() == sent
-        assert stalled.ended.is_set() and await stalled.next() is None
+        assert stalled.ended and await stalled.next(1) is None
         assert STREAMS_CUT.labels("service")._value.get() == cut_before + 1
 
 
@@ -124,6 +124,24 @@ async def test_a_cut_stream_ends_its_http_response_at_once(
             with pytest.raises((EOFError, httpx.HTTPError)):
                 await reader.next_event(3)
             assert time.monotonic() - started < 1
+
+
+async def test_a_client_that_goes_away_frees_its_stream_at_once(
+    database_url: str, migration_url: str
+) -> None:
+    settings = make_settings(
+        database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_ping_s=600
+    )
+    async with (
+        live_server(settings) as live,
+        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
+    ):
+        hub: EventHub = live.app.state.event_hub
+        sid = (await _session(http))["session_id"]
+        async with open_stream(http, f"{API}/sessions/{sid}/events"):
+            assert hub.open_streams == 1
+        # Noticed from the closed connection, not at the next ping (ten minutes away).
+        await _until(lambda: hub.open_streams == 0, wait_s=2)
 
 
 async def test_behind_a_pooler_without_a_direct_url_streams_poll_and_say_so(
