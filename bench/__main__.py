@@ -3,7 +3,9 @@
 Creates and seeds its own database, starts the service (one worker) and the baseline
 app, drives both from a separate load-generator process in interleaved rounds
 (A, B, B, A, ...) and prints medians as ratios, which hold on a noisy shared machine.
-See bench/README.md.
+Through the loads, `--streams` idle member streams (default 1,000; 0 skips) stay open on
+the service; afterwards the commit-to-client latency across them and the worker's RSS
+growth per stream are checked too (bench/streams.py). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench import seed
+
+if TYPE_CHECKING:
+    from bench.streams import StreamPhase
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-service-key"
@@ -277,6 +282,7 @@ def run(arguments: argparse.Namespace) -> int:
     log(f"bench database {name}")
     servers: list[Server] = []
     load: LoadGenerator | None = None
+    streams: StreamPhase | None = None
     try:
         from app.migrations import upgrade_to_head
 
@@ -293,6 +299,8 @@ def run(arguments: argparse.Namespace) -> int:
             "DATABASE_URL": url,
             "LOG_LEVEL": "WARNING",
             "API_KEYS": API_KEY,
+            # Room for the stream phase's connections over the default cap (512).
+            "HTTP_LIMIT_CONCURRENCY": str(arguments.streams + 512),
             **dict(item.split("=", 1) for item in arguments.service_env),
         }
         bin_dir = Path(sys.executable).parent
@@ -333,6 +341,7 @@ def run(arguments: argparse.Namespace) -> int:
             f"baseline {baseline.startup_s:.2f} s"
         )
 
+        streams = stream_phase(service, arguments.streams)
         load = LoadGenerator()
         cases = scenarios(plan, rng)
         for round_number in range(arguments.rounds):
@@ -362,6 +371,7 @@ def run(arguments: argparse.Namespace) -> int:
         }
         stats_ms = measure_stats(service.port)
         daily_ms = measure_stats(service.port, path="/api/v1/stats/daily?days=30")
+        stream_figures = streams.finish(arguments.stream_writes) if streams else None
         report = Report(
             cases=cases,
             startups=startups,
@@ -372,6 +382,7 @@ def run(arguments: argparse.Namespace) -> int:
             rows=rows,
             seed_seconds=seed_seconds,
             arguments=arguments,
+            streams=stream_figures,
         )
         passed = report.print()
         if arguments.json:
@@ -379,6 +390,8 @@ def run(arguments: argparse.Namespace) -> int:
         log(f"bench took {time.perf_counter() - run_started:.0f} s")
         return 0 if passed else 1
     finally:
+        if streams is not None:
+            streams.close()
         if load is not None:
             load.close()
         for server in servers:
@@ -387,6 +400,22 @@ def run(arguments: argparse.Namespace) -> int:
             log(f"kept database {name}: {url}")
         else:
             asyncio.run(seed.drop_database(server_url, name))
+
+
+def stream_phase(service: Server, count: int) -> StreamPhase | None:
+    """Open `count` idle member streams on the service (bench/streams.py); None for 0."""
+    if count <= 0:
+        return None
+    from bench.streams import StreamPhase
+
+    assert service.process is not None
+    phase = StreamPhase(service.port, service.process.pid, count)
+    try:
+        phase.open()
+    except BaseException:
+        phase.close()
+        raise
+    return phase
 
 
 @dataclass
@@ -400,6 +429,7 @@ class Report:
     rows: dict[str, int]
     seed_seconds: float
     arguments: argparse.Namespace
+    streams: dict[str, Any] | None = None
     checks: list[tuple[str, str, bool]] = field(default_factory=list)
 
     def case(self, name: str) -> Scenario:
@@ -487,6 +517,11 @@ class Report:
             f"{rss:.0f} MB (baseline {self.peak_rss['baseline']:.0f} MB)",
             rss < 150,
         )
+        if self.streams is not None:
+            from bench.streams import checks as stream_checks
+
+            for target in stream_checks(self.streams):
+                self.check(*target)
         width = max(len(label) for label, _, _ in self.checks)
         for label, figure, ok in self.checks:
             out(f"{'PASS' if ok else 'FAIL'}  {label:<{width}}  {figure}")
@@ -502,6 +537,7 @@ class Report:
             "daily_ms": self.daily_ms,
             "depth": self.depth,
             "cases": {case.name: case.results for case in self.cases},
+            "streams": self.streams,
             "checks": [{"target": t, "figure": f, "ok": ok} for t, f, ok in self.checks],
         }
 
@@ -537,6 +573,16 @@ def main() -> None:
         default=[],
         metavar="NAME=VALUE",
         help="extra environment for the service (repeatable), e.g. DB_POOL_PRE_PING=true",
+    )
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=1000,
+        help="idle member streams held open on the service through the loads, then timed "
+        "(0 skips the stream phase)",
+    )
+    parser.add_argument(
+        "--stream-writes", type=int, default=20, help="messages timed across the open streams"
     )
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
