@@ -8,40 +8,18 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from conftest import ROOMY_LIMITS, asyncpg_dsn, make_settings
 from ops_support import running_server
-from stream_support import SERVICE_HEADERS, live_server, open_stream
+from stream_support import SERVICE_HEADERS, create_session, live_server, open_stream, say, until
 
 from app.events import LISTEN_RECONNECTS, STREAMS_CUT, EventHub, purge_expired
 from app.settings import ConfigError, load_settings
 
 API = "/api/v1"
-
-
-async def _session(http: httpx.AsyncClient) -> dict[str, Any]:
-    response = await http.post(f"{API}/sessions")
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def _say(http: httpx.AsyncClient, session_id: str, content: str) -> dict[str, Any]:
-    response = await http.post(f"{API}/sessions/{session_id}/messages", json={"content": content})
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def _until(condition: Any, wait_s: float = 20) -> None:
-    deadline = time.monotonic() + wait_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_an_idle_stream_sends_a_ping_comment(database_url: str, migration_url: str) -> None:
@@ -52,7 +30,7 @@ async def test_an_idle_stream_sends_a_ping_comment(database_url: str, migration_
         live_server(settings) as live,
         httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
     ):
-        sid = (await _session(http))["session_id"]
+        sid = (await create_session(http))["session_id"]
         async with open_stream(http, f"{API}/sessions/{sid}/events") as reader:
             block = await reader.next(2)
     assert block.comments == ["ping"] and block.event is None
@@ -68,7 +46,7 @@ async def test_streams_over_the_cap_get_503_with_retry_after_and_the_gauge_count
         live_server(settings) as live,
         httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
     ):
-        sid = (await _session(http))["session_id"]
+        sid = (await create_session(http))["session_id"]
         async with open_stream(http, f"{API}/sessions/{sid}/events"):
             refused = await http.get(f"{API}/events", headers=SERVICE_HEADERS)
             metrics = (await http.get("/metrics")).text
@@ -77,7 +55,7 @@ async def test_streams_over_the_cap_get_503_with_retry_after_and_the_gauge_count
         assert refused.json()["detail"]
         assert 'sse_streams_open{kind="member"} 1.0' in metrics
         hub: EventHub = live.app.state.event_hub
-        await _until(lambda: hub.open_streams == 0)
+        await until(lambda: hub.open_streams == 0)
 
 
 async def test_a_stream_that_falls_behind_is_cut_without_holding_back_the_others(
@@ -91,15 +69,15 @@ async def test_a_stream_that_falls_behind_is_cut_without_holding_back_the_others
         httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
     ):
         hub: EventHub = live.app.state.event_hub
-        sid = (await _session(http))["session_id"]
-        busy = (await _session(http))["session_id"]
+        sid = (await create_session(http))["session_id"]
+        busy = (await create_session(http))["session_id"]
         cut_before = STREAMS_CUT.labels("service")._value.get()
         stalled = hub.open("service")  # a subscriber that never reads
         async with open_stream(http, f"{API}/sessions/{sid}/events") as reader:
             for number in range(5):
-                await _say(http, busy, f"message {number}")
-            await _until(lambda: stalled.cut)
-            sent = await _say(http, sid, "still served")
+                await say(http, busy, f"message {number}")
+            await until(lambda: stalled.cut)
+            sent = await say(http, sid, "still served")
             received = await reader.next_event()
         assert received.json() == sent
         assert stalled.ended and await stalled.next(1) is None
@@ -116,7 +94,7 @@ async def test_a_cut_stream_ends_its_http_response_at_once(
     ):
         hub: EventHub = live.app.state.event_hub
         async with open_stream(http, f"{API}/events", SERVICE_HEADERS) as reader:
-            await _until(lambda: hub.open_streams == 1)
+            await until(lambda: hub.open_streams == 1)
             (stream,) = list(hub._service)
             stream.cut = True
             hub._end(stream)
@@ -137,11 +115,11 @@ async def test_a_client_that_goes_away_frees_its_stream_at_once(
         httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
     ):
         hub: EventHub = live.app.state.event_hub
-        sid = (await _session(http))["session_id"]
+        sid = (await create_session(http))["session_id"]
         async with open_stream(http, f"{API}/sessions/{sid}/events"):
             assert hub.open_streams == 1
         # Noticed from the closed connection, not at the next ping (ten minutes away).
-        await _until(lambda: hub.open_streams == 0, wait_s=2)
+        await until(lambda: hub.open_streams == 0, wait_s=2)
 
 
 async def test_behind_a_pooler_without_a_direct_url_streams_poll_and_say_so(
@@ -157,12 +135,12 @@ async def test_behind_a_pooler_without_a_direct_url_streams_poll_and_say_so(
             assert any("events_polling" in record.message for record in caplog.records)
             hub: EventHub = live.app.state.event_hub
             assert hub.listen_target is None
-            sid = (await _session(http))["session_id"]
+            sid = (await create_session(http))["session_id"]
             async with (
                 open_stream(http, f"{API}/sessions/{sid}/events") as member,
                 open_stream(http, f"{API}/events?types=message.created", SERVICE_HEADERS) as staff,
             ):
-                message = await _say(http, sid, "polled")
+                message = await say(http, sid, "polled")
                 assert (await member.next_event()).json() == message
                 while (event := (await staff.next_event()).json())["conversation_id"] != (
                     message["conversation_id"]
@@ -196,17 +174,17 @@ async def test_a_killed_listen_connection_reconnects_and_streams_lose_nothing(
         httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
     ):
         hub: EventHub = live.app.state.event_hub
-        await _until(lambda: hub.listening)
-        sid = (await _session(http))["session_id"]
+        await until(lambda: hub.listening)
+        sid = (await create_session(http))["session_id"]
         reconnects = LISTEN_RECONNECTS._value.get()
         async with open_stream(http, f"{API}/sessions/{sid}/events") as reader:
-            before = await _say(http, sid, "before")
+            before = await say(http, sid, "before")
             assert (await reader.next_event()).json() == before
             assert hub._listen_connection is not None
             assert await _terminate(migration_url, hub._listen_connection.get_server_pid())
-            during = [await _say(http, sid, f"during {number}") for number in range(3)]
-            await _until(lambda: LISTEN_RECONNECTS._value.get() == reconnects + 1)
-            after = await _say(http, sid, "after")
+            during = [await say(http, sid, f"during {number}") for number in range(3)]
+            await until(lambda: LISTEN_RECONNECTS._value.get() == reconnects + 1)
+            after = await say(http, sid, "after")
             received = await reader.events(4)
             assert await reader.nothing_within(0.3)
         assert [event.json() for event in received] == [*during, after]
@@ -222,9 +200,9 @@ async def test_a_resume_point_older_than_retention_starts_with_reset(
         live_server(settings) as live,
         httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
     ):
-        sid = (await _session(http))["session_id"]
+        sid = (await create_session(http))["session_id"]
         async with open_stream(http, f"{API}/events?types=message.created", SERVICE_HEADERS) as r:
-            await _say(http, sid, "old news")
+            await say(http, sid, "old news")
             old = await r.next_event()
         connection = await asyncpg.connect(asyncpg_dsn(migration_url))
         try:
@@ -236,11 +214,11 @@ async def test_a_resume_point_older_than_retention_starts_with_reset(
         finally:
             await connection.close()
         assert await purge_expired(live.app.state.sessionmaker, settings, batch=2) >= 1
-        await _say(http, sid, "after the purge")
+        await say(http, sid, "after the purge")
         headers = {**SERVICE_HEADERS, "Last-Event-ID": "0"}
         async with open_stream(http, f"{API}/events?types=message.created", headers) as reader:
             reset = await reader.next_event()
-            fresh = await _say(http, sid, "fresh")
+            fresh = await say(http, sid, "fresh")
             following = [await reader.next_event()]
             while following[-1].json()["message"] != fresh:
                 following.append(await reader.next_event())
@@ -314,7 +292,7 @@ async def test_a_write_through_one_server_reaches_streams_on_another(
         httpx.AsyncClient(base_url=first.base_url, timeout=30) as writer,
         httpx.AsyncClient(base_url=second.base_url, timeout=30) as reader_http,
     ):
-        session = await _session(writer)
+        session = await create_session(writer)
         sid = session["session_id"]
         async with (
             open_stream(reader_http, f"{API}/sessions/{sid}/events") as member,
@@ -322,7 +300,7 @@ async def test_a_write_through_one_server_reaches_streams_on_another(
                 reader_http, f"{API}/events?types=message.created", SERVICE_HEADERS
             ) as staff,
         ):
-            message = await _say(writer, sid, "across processes")
+            message = await say(writer, sid, "across processes")
             assert (await member.next_event()).json() == message
             while (event := (await staff.next_event()).json())["conversation_id"] != (
                 session["conversation_id"]
