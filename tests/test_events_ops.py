@@ -14,7 +14,15 @@ import httpx
 import pytest
 from conftest import ROOMY_LIMITS, asyncpg_dsn, make_settings
 from ops_support import running_server
-from stream_support import SERVICE_HEADERS, create_session, live_server, open_stream, say, until
+from stream_support import (
+    SERVICE_HEADERS,
+    create_session,
+    live_server,
+    open_stream,
+    own_events,
+    say,
+    until,
+)
 
 from app.events import LISTEN_RECONNECTS, STREAMS_CUT, EventHub, purge_expired
 from app.settings import ConfigError, load_settings
@@ -307,3 +315,34 @@ async def test_a_write_through_one_server_reaches_streams_on_another(
             ):
                 pass
             assert event["message"] == message
+
+
+@pytest.mark.slow
+def test_two_serve_processes_on_one_database_carry_a_write_to_the_others_streams(
+    migration_url: str, tmp_path: Path
+) -> None:
+    # Direct URLs, as the other serve tests: each process holds its own LISTEN connection.
+    with (
+        running_server(migration_url, tmp_path) as (_, first_url),
+        running_server(migration_url, tmp_path) as (_, second_url),
+    ):
+
+        async def scenario() -> None:
+            async with (
+                httpx.AsyncClient(base_url=first_url, timeout=30) as writer,
+                httpx.AsyncClient(base_url=second_url, timeout=30) as reader_http,
+            ):
+                session = await create_session(writer)
+                sid = session["session_id"]
+                async with (
+                    open_stream(reader_http, f"{API}/sessions/{sid}/events") as member,
+                    open_stream(
+                        reader_http, f"{API}/events?types=message.created", SERVICE_HEADERS
+                    ) as staff,
+                ):
+                    message = await say(writer, sid, "from the other process")
+                    assert (await member.next_event(10)).json() == message
+                    (event,) = await own_events(staff, session["conversation_id"], 1)
+                    assert event.json()["message"] == message
+
+        asyncio.run(scenario())
