@@ -30,7 +30,9 @@ from app.settings import ConfigError, load_settings
 API = "/api/v1"
 
 
-async def test_an_idle_stream_sends_a_ping_comment(database_url: str, migration_url: str) -> None:
+async def test_an_idle_stream_sends_ping_comments_and_still_delivers_afterwards(
+    database_url: str, migration_url: str
+) -> None:
     settings = make_settings(
         database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_ping_s=0.2
     )
@@ -40,8 +42,11 @@ async def test_an_idle_stream_sends_a_ping_comment(database_url: str, migration_
     ):
         sid = (await create_session(http))["session_id"]
         async with open_stream(http, f"{API}/sessions/{sid}/events") as reader:
-            block = await reader.next(2)
-    assert block.comments == ["ping"] and block.event is None
+            blocks = [await reader.next(2) for _ in range(3)]
+            sent = await say(http, sid, "after the pings")
+            received = await reader.next_event(5)
+    assert all(block.comments == ["ping"] and block.event is None for block in blocks)
+    assert received.json() == sent
 
 
 async def test_streams_over_the_cap_get_503_with_retry_after_and_the_gauge_counts_them(
