@@ -95,6 +95,16 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
         await task
 
 
+@contextlib.asynccontextmanager
+async def served(settings: Settings) -> AsyncIterator[tuple[LiveServer, httpx.AsyncClient]]:
+    """live_server with an HTTP client on it."""
+    async with (
+        live_server(settings) as live,
+        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
+    ):
+        yield live, http
+
+
 @dataclass
 class SseEvent:
     event: str | None = None

@@ -17,10 +17,10 @@ from stream_support import (
     API,
     SERVICE_HEADERS,
     create_session,
-    live_server,
     open_stream,
     own_events,
     say,
+    served,
     until,
 )
 
@@ -64,10 +64,7 @@ async def test_a_database_restart_under_open_streams_loses_and_doubles_nothing(
         db_statement_timeout_ms=2000,
         sse_ping_s=60,
     )
-    async with (
-        live_server(settings) as live,
-        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
-    ):
+    async with served(settings) as (live, http):
         hub: EventHub = live.app.state.event_hub
         await until(lambda: hub.listening)
         session = await create_session(http)

@@ -21,6 +21,7 @@ from stream_support import (
     open_stream,
     own_events,
     say,
+    served,
     until,
 )
 
@@ -36,10 +37,7 @@ async def test_an_idle_stream_sends_ping_comments_and_still_delivers_afterwards(
     settings = make_settings(
         database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_ping_s=0.2
     )
-    async with (
-        live_server(settings) as live,
-        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
-    ):
+    async with served(settings) as (_, http):
         sid = (await create_session(http))["session_id"]
         async with open_stream(http, f"{API}/sessions/{sid}/events") as reader:
             blocks = [await reader.next(2) for _ in range(3)]
@@ -55,10 +53,7 @@ async def test_streams_over_the_cap_get_503_with_retry_after_and_the_gauge_count
     settings = make_settings(
         database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_max_streams=1
     )
-    async with (
-        live_server(settings) as live,
-        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
-    ):
+    async with served(settings) as (live, http):
         sid = (await create_session(http))["session_id"]
         async with open_stream(http, f"{API}/sessions/{sid}/events"):
             refused = await http.get(f"{API}/events", headers=SERVICE_HEADERS)
@@ -77,10 +72,7 @@ async def test_a_stream_that_falls_behind_is_cut_without_holding_back_the_others
     settings = make_settings(
         database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_buffer_events=3
     )
-    async with (
-        live_server(settings) as live,
-        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
-    ):
+    async with served(settings) as (live, http):
         hub: EventHub = live.app.state.event_hub
         sid = (await create_session(http))["session_id"]
         busy = (await create_session(http))["session_id"]
@@ -101,10 +93,7 @@ async def test_a_cut_stream_ends_its_http_response_at_once(
     database_url: str, migration_url: str
 ) -> None:
     settings = make_settings(database_url, **ROOMY_LIMITS, database_migration_url=migration_url)
-    async with (
-        live_server(settings) as live,
-        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
-    ):
+    async with served(settings) as (live, http):
         hub: EventHub = live.app.state.event_hub
         async with open_stream(http, f"{API}/events", SERVICE_HEADERS) as reader:
             await until(lambda: hub.open_streams == 1)
@@ -123,10 +112,7 @@ async def test_a_client_that_goes_away_frees_its_stream_at_once(
     settings = make_settings(
         database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_ping_s=600
     )
-    async with (
-        live_server(settings) as live,
-        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
-    ):
+    async with served(settings) as (live, http):
         hub: EventHub = live.app.state.event_hub
         sid = (await create_session(http))["session_id"]
         async with open_stream(http, f"{API}/sessions/{sid}/events"):
@@ -141,10 +127,7 @@ async def test_behind_a_pooler_without_a_direct_url_streams_poll_and_say_so(
     settings = make_settings(database_url, **ROOMY_LIMITS, db_pooler="transaction", sse_poll_ms=50)
     assert settings.listen_database is None
     with caplog.at_level(logging.WARNING, logger="app.events"):
-        async with (
-            live_server(settings) as live,
-            httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
-        ):
+        async with served(settings) as (live, http):
             assert any("events_polling" in record.message for record in caplog.records)
             hub: EventHub = live.app.state.event_hub
             assert hub.listen_target is None
@@ -182,10 +165,7 @@ async def test_a_killed_listen_connection_reconnects_and_streams_lose_nothing(
     settings = make_settings(
         database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_poll_ms=5000
     )
-    async with (
-        live_server(settings) as live,
-        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
-    ):
+    async with served(settings) as (live, http):
         hub: EventHub = live.app.state.event_hub
         await until(lambda: hub.listening)
         sid = (await create_session(http))["session_id"]
@@ -209,10 +189,7 @@ async def test_a_resume_point_older_than_retention_starts_with_reset(
     database_url: str, migration_url: str
 ) -> None:
     settings = make_settings(database_url, **ROOMY_LIMITS, database_migration_url=migration_url)
-    async with (
-        live_server(settings) as live,
-        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
-    ):
+    async with served(settings) as (live, http):
         sid = (await create_session(http))["session_id"]
         async with open_stream(http, f"{API}/events?types=message.created", SERVICE_HEADERS) as r:
             await say(http, sid, "old news")
