@@ -13,6 +13,8 @@ process (EventHub).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +23,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.events import EventHub, Stream
+
+log = logging.getLogger("app.events")
 
 SEPARATOR = "\n"
 PING_EVENT = ServerSentEvent(comment="ping", sep=SEPARATOR)
@@ -62,12 +66,20 @@ class StreamResponse(Response):
         assert task is not None
         self.stream.cancel = lambda: self._cancel(task)
         watcher = asyncio.create_task(self._watch_disconnect(receive, task))
+        end = {"type": "http.response.body", "body": b"", "more_body": False}
         try:
             await send(start)
             async for event in self.body_iterator:
                 body = event.encode()
                 await send({"type": "http.response.body", "body": body, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send(end)
+        except Exception as error:
+            # The database went away while the stream read from it (the connection to
+            # the client is fine): end the stream cleanly; the client resumes from its
+            # last id after `retry`.
+            log.warning("event_stream_failed", extra={"error_type": type(error).__name__})
+            with contextlib.suppress(Exception):
+                await send(end)
         except asyncio.CancelledError:
             # Our own cancel (cut, shutdown grace over, client gone) ends the response;
             # any other (the server's) goes on.
