@@ -423,12 +423,12 @@ class EventHub:
         # not wait for the sequencer (which waits for every older write transaction on
         # the server): committed rows not yet numbered go to them now, once.
         async with session.begin():
-            rows = await event_log.read_unsequenced(session, limit=READ_BATCH)
-            fresh = [
-                row
-                for row in rows
-                if row.id not in self._early and row.conversation_id in self._member
-            ]
+            fresh = await event_log.read_unsequenced(
+                session,
+                conversation_ids=list(self._member),
+                seen=list(self._early),
+                limit=READ_BATCH,
+            )
             built = await load_events(session, fresh) if fresh else []
         for event in built:
             self._early.add(event.log_id)

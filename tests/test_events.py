@@ -21,6 +21,7 @@ from stream_support import (
     say,
 )
 
+from app import events as events_module
 from app.settings import Settings
 
 API = "/api/v1"
@@ -429,3 +430,27 @@ async def test_neither_stream_carries_a_clear_card_number(http: httpx.AsyncClien
     data = [event.data for event in service_events + member_events]
     assert all("[card ending 1111]" in item for item in data), data
     assert not any(card in item or card.replace(" ", "") in item for item in data)
+
+
+async def test_a_member_stream_is_not_held_back_by_other_conversations_waiting_to_be_numbered(
+    http: httpx.AsyncClient, migration_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While an older transaction is open nothing can be numbered; member streams get
+    # their conversation's committed rows early. Rows of other conversations (more than
+    # one read's worth) waiting in front of them must not stand in the way.
+    monkeypatch.setattr(events_module, "READ_BATCH", 2)
+    held, busy, watched = [await create_session(http) for _ in range(3)]
+    ready, release = asyncio.Event(), asyncio.Event()
+    writer = asyncio.create_task(
+        _commit_held_message(migration_url, held["conversation_id"], ready, release)
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), 5)
+        for number in range(4):
+            await say(http, busy["session_id"], f"waiting {number}")
+        async with open_stream(http, f"{API}/sessions/{watched['session_id']}/events") as reader:
+            sent = await say(http, watched["session_id"], "not held back")
+            assert (await reader.next_event(5)).json() == sent
+    finally:
+        release.set()
+        await writer
