@@ -8,6 +8,7 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -26,17 +27,22 @@ from stream_support import (
 )
 
 from app.events import LISTEN_RECONNECTS, STREAMS_CUT, EventHub, purge_expired
-from app.settings import ConfigError, load_settings
+from app.settings import ConfigError, Settings, load_settings
 
 API = "/api/v1"
+
+
+def _settings(database_url: str, migration_url: str, **overrides: Any) -> Settings:
+    """The test database's settings for a live server (direct URL for LISTEN)."""
+    return make_settings(
+        database_url, **ROOMY_LIMITS, database_migration_url=migration_url, **overrides
+    )
 
 
 async def test_an_idle_stream_sends_ping_comments_and_still_delivers_afterwards(
     database_url: str, migration_url: str
 ) -> None:
-    settings = make_settings(
-        database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_ping_s=0.2
-    )
+    settings = _settings(database_url, migration_url, sse_ping_s=0.2)
     async with served(settings) as (_, http):
         sid = (await create_session(http))["session_id"]
         async with open_stream(http, f"{API}/sessions/{sid}/events") as reader:
@@ -50,9 +56,7 @@ async def test_an_idle_stream_sends_ping_comments_and_still_delivers_afterwards(
 async def test_streams_over_the_cap_get_503_with_retry_after_and_the_gauge_counts_them(
     database_url: str, migration_url: str
 ) -> None:
-    settings = make_settings(
-        database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_max_streams=1
-    )
+    settings = _settings(database_url, migration_url, sse_max_streams=1)
     async with served(settings) as (live, http):
         sid = (await create_session(http))["session_id"]
         async with open_stream(http, f"{API}/sessions/{sid}/events"):
@@ -69,9 +73,7 @@ async def test_streams_over_the_cap_get_503_with_retry_after_and_the_gauge_count
 async def test_a_stream_that_falls_behind_is_cut_without_holding_back_the_others(
     database_url: str, migration_url: str
 ) -> None:
-    settings = make_settings(
-        database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_buffer_events=3
-    )
+    settings = _settings(database_url, migration_url, sse_buffer_events=3)
     async with served(settings) as (live, http):
         hub: EventHub = live.app.state.event_hub
         sid = (await create_session(http))["session_id"]
@@ -92,7 +94,7 @@ async def test_a_stream_that_falls_behind_is_cut_without_holding_back_the_others
 async def test_a_cut_stream_ends_its_http_response_at_once(
     database_url: str, migration_url: str
 ) -> None:
-    settings = make_settings(database_url, **ROOMY_LIMITS, database_migration_url=migration_url)
+    settings = _settings(database_url, migration_url)
     async with served(settings) as (live, http):
         hub: EventHub = live.app.state.event_hub
         async with open_stream(http, f"{API}/events", SERVICE_HEADERS) as reader:
@@ -109,9 +111,7 @@ async def test_a_cut_stream_ends_its_http_response_at_once(
 async def test_a_client_that_goes_away_frees_its_stream_at_once(
     database_url: str, migration_url: str
 ) -> None:
-    settings = make_settings(
-        database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_ping_s=600
-    )
+    settings = _settings(database_url, migration_url, sse_ping_s=600)
     async with served(settings) as (live, http):
         hub: EventHub = live.app.state.event_hub
         sid = (await create_session(http))["session_id"]
@@ -162,9 +162,7 @@ async def _terminate(url: str, pid: int) -> bool:
 async def test_a_killed_listen_connection_reconnects_and_streams_lose_nothing(
     database_url: str, migration_url: str
 ) -> None:
-    settings = make_settings(
-        database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_poll_ms=5000
-    )
+    settings = _settings(database_url, migration_url, sse_poll_ms=5000)
     async with served(settings) as (live, http):
         hub: EventHub = live.app.state.event_hub
         await until(lambda: hub.listening)
@@ -188,7 +186,7 @@ async def test_a_killed_listen_connection_reconnects_and_streams_lose_nothing(
 async def test_a_resume_point_older_than_retention_starts_with_reset(
     database_url: str, migration_url: str
 ) -> None:
-    settings = make_settings(database_url, **ROOMY_LIMITS, database_migration_url=migration_url)
+    settings = _settings(database_url, migration_url)
     async with served(settings) as (live, http):
         sid = (await create_session(http))["session_id"]
         async with open_stream(http, f"{API}/events?types=message.created", SERVICE_HEADERS) as r:
@@ -272,15 +270,10 @@ def test_sigterm_ends_open_streams_within_two_seconds(migration_url: str, tmp_pa
         assert process.wait(timeout=10) == 0
 
 
-async def test_a_write_through_one_server_reaches_streams_on_another(
-    database_url: str, migration_url: str
-) -> None:
-    settings = make_settings(database_url, **ROOMY_LIMITS, database_migration_url=migration_url)
+async def _a_write_through_one_reaches_the_others_streams(writer_url: str, reader_url: str) -> None:
     async with (
-        live_server(settings) as first,
-        live_server(settings) as second,
-        httpx.AsyncClient(base_url=first.base_url, timeout=30) as writer,
-        httpx.AsyncClient(base_url=second.base_url, timeout=30) as reader_http,
+        httpx.AsyncClient(base_url=writer_url, timeout=30) as writer,
+        httpx.AsyncClient(base_url=reader_url, timeout=30) as reader_http,
     ):
         session = await create_session(writer)
         sid = session["session_id"]
@@ -290,13 +283,18 @@ async def test_a_write_through_one_server_reaches_streams_on_another(
                 reader_http, f"{API}/events?types=message.created", SERVICE_HEADERS
             ) as staff,
         ):
-            message = await say(writer, sid, "across processes")
-            assert (await member.next_event()).json() == message
-            while (event := (await staff.next_event()).json())["conversation_id"] != (
-                session["conversation_id"]
-            ):
-                pass
-            assert event["message"] == message
+            message = await say(writer, sid, "across servers")
+            assert (await member.next_event(10)).json() == message
+            (event,) = await own_events(staff, session["conversation_id"], 1)
+            assert event.json()["message"] == message
+
+
+async def test_a_write_through_one_server_reaches_streams_on_another(
+    database_url: str, migration_url: str
+) -> None:
+    settings = _settings(database_url, migration_url)
+    async with live_server(settings) as first, live_server(settings) as second:
+        await _a_write_through_one_reaches_the_others_streams(first.base_url, second.base_url)
 
 
 @pytest.mark.slow
@@ -308,23 +306,4 @@ def test_two_serve_processes_on_one_database_carry_a_write_to_the_others_streams
         running_server(migration_url, tmp_path) as (_, first_url),
         running_server(migration_url, tmp_path) as (_, second_url),
     ):
-
-        async def scenario() -> None:
-            async with (
-                httpx.AsyncClient(base_url=first_url, timeout=30) as writer,
-                httpx.AsyncClient(base_url=second_url, timeout=30) as reader_http,
-            ):
-                session = await create_session(writer)
-                sid = session["session_id"]
-                async with (
-                    open_stream(reader_http, f"{API}/sessions/{sid}/events") as member,
-                    open_stream(
-                        reader_http, f"{API}/events?types=message.created", SERVICE_HEADERS
-                    ) as staff,
-                ):
-                    message = await say(writer, sid, "from the other process")
-                    assert (await member.next_event(10)).json() == message
-                    (event,) = await own_events(staff, session["conversation_id"], 1)
-                    assert event.json()["message"] == message
-
-        asyncio.run(scenario())
+        asyncio.run(_a_write_through_one_reaches_the_others_streams(first_url, second_url))
