@@ -3,7 +3,9 @@
 Creates and seeds its own database, starts the service (one worker) and the baseline
 app, drives both from a separate load-generator process in interleaved rounds
 (A, B, B, A, ...) and prints medians as ratios, which hold on a noisy shared machine.
-See bench/README.md.
+Through the loads, `--streams` idle member streams (default 1,000; 0 skips) stay open on
+the service; afterwards the commit-to-client latency across them and the worker's RSS
+growth per stream are checked too (bench/streams.py). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench import access_log, seed
+
+if TYPE_CHECKING:
+    from bench.streams import StreamPhase
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-service-key"
@@ -287,6 +292,7 @@ def run(arguments: argparse.Namespace) -> int:
     log(f"bench database {name}")
     servers: list[Server] = []
     load: LoadGenerator | None = None
+    streams: StreamPhase | None = None
     try:
         from app.migrations import upgrade_to_head
 
@@ -303,6 +309,8 @@ def run(arguments: argparse.Namespace) -> int:
         service_env = {
             "DATABASE_URL": url,
             "API_KEYS": API_KEY,
+            # Room for the stream phase's connections over the default cap (512).
+            "HTTP_LIMIT_CONCURRENCY": str(arguments.streams + 512),
             **dict(item.split("=", 1) for item in arguments.service_env),
         }
         log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
@@ -352,6 +360,7 @@ def run(arguments: argparse.Namespace) -> int:
             f"baseline {baseline.startup_s:.2f} s"
         )
 
+        streams = stream_phase(service, arguments.streams)
         load = LoadGenerator()
         cases = scenarios(plan, rng)
         for round_number in range(arguments.rounds):
@@ -382,6 +391,7 @@ def run(arguments: argparse.Namespace) -> int:
         access_log_us = access_log.measure()
         stats_ms = measure_stats(service.port)
         daily_ms = measure_stats(service.port, path="/api/v1/stats/daily?days=30")
+        stream_figures = streams.finish(arguments.stream_writes) if streams else None
         report = Report(
             cases=cases,
             startups=startups,
@@ -393,6 +403,7 @@ def run(arguments: argparse.Namespace) -> int:
             seed_seconds=seed_seconds,
             arguments=arguments,
             access_log_us=access_log_us,
+            streams=stream_figures,
         )
         passed = report.print()
         if arguments.json:
@@ -400,6 +411,8 @@ def run(arguments: argparse.Namespace) -> int:
         log(f"bench took {time.perf_counter() - run_started:.0f} s")
         return 0 if passed else 1
     finally:
+        if streams is not None:
+            streams.close()
         if load is not None:
             load.close()
         for server in servers:
@@ -408,6 +421,22 @@ def run(arguments: argparse.Namespace) -> int:
             log(f"kept database {name}: {url}")
         else:
             asyncio.run(seed.drop_database(server_url, name))
+
+
+def stream_phase(service: Server, count: int) -> StreamPhase | None:
+    """Open `count` idle member streams on the service (bench/streams.py); None for 0."""
+    if count <= 0:
+        return None
+    from bench.streams import StreamPhase
+
+    assert service.process is not None
+    phase = StreamPhase(service.port, service.process.pid, count)
+    try:
+        phase.open()
+    except BaseException:
+        phase.close()
+        raise
+    return phase
 
 
 @dataclass
@@ -422,6 +451,7 @@ class Report:
     seed_seconds: float
     arguments: argparse.Namespace
     access_log_us: dict[str, float]
+    streams: dict[str, Any] | None = None
     checks: list[tuple[str, str, bool]] = field(default_factory=list)
 
     def case(self, name: str) -> Scenario:
@@ -534,6 +564,11 @@ class Report:
             f"{rss:.0f} MB (baseline {self.peak_rss['baseline']:.0f} MB)",
             rss < 150,
         )
+        if self.streams is not None:
+            from bench.streams import checks as stream_checks
+
+            for target in stream_checks(self.streams):
+                self.check(*target)
         width = max(len(label) for label, _, _ in self.checks)
         for label, figure, ok in self.checks:
             out(f"{'PASS' if ok else 'FAIL'}  {label:<{width}}  {figure}")
@@ -550,6 +585,7 @@ class Report:
             "depth": self.depth,
             "cases": {case.name: case.results for case in self.cases},
             "access_log_us": self.access_log_us,
+            "streams": self.streams,
             "checks": [{"target": t, "figure": f, "ok": ok} for t, f, ok in self.checks],
         }
 
@@ -585,6 +621,16 @@ def main() -> None:
         default=[],
         metavar="NAME=VALUE",
         help="extra environment for the service (repeatable), e.g. DB_POOL_PRE_PING=true",
+    )
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=1000,
+        help="idle member streams held open on the service through the loads, then timed "
+        "(0 skips the stream phase)",
+    )
+    parser.add_argument(
+        "--stream-writes", type=int, default=20, help="messages timed across the open streams"
     )
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")

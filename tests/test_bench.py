@@ -37,6 +37,8 @@ TARGETS = [
     "POST message: p99 <= 3 x p50 at 4 connections",
     "start-up (spawn to /readyz 200) < 1.5 s",
     "peak RSS of the worker under load < 150 MB",
+    "commit-to-client p99 <= 250 ms with 20 open member streams",
+    "worker RSS growth <= 40 KB per idle stream",
 ]
 
 
@@ -65,6 +67,10 @@ def test_the_bench_runs_end_to_end_and_reports_every_target(
             "0.3",
             "--connections",
             "4",
+            "--streams",
+            "20",
+            "--stream-writes",
+            "2",
             "--json",
             str(figures),
         ],
@@ -83,6 +89,9 @@ def test_the_bench_runs_end_to_end_and_reports_every_target(
     assert report["rows"]["conversations"] == 30_000
     assert report["rows"]["messages"] > 100_000  # the long conversation is in
     assert len(report["stats_ms"]) == 15
+    # The streams stayed open through the loads and each got every timed message.
+    assert report["streams"]["streams"] == 20 and report["streams"]["missing"] == 0
+    assert report["streams"]["deliveries"] == 40
     assert all(0 < ms < 30_000 for ms in report["stats_ms"])
     for server in ("service", "baseline"):
         pages = report["depth"][server]["by_label"]

@@ -107,13 +107,27 @@ async def read_after(
 # MESSAGE_COLUMNS is a constant: one definition of what a Message row holds.
 _UNSEQUENCED = text(
     "SELECT id, position, type, conversation_id, subject_id, status, created_at "
-    "FROM event_log WHERE position IS NULL ORDER BY id LIMIT :limit"
+    "FROM event_log WHERE position IS NULL AND conversation_id = ANY(:conversations) "
+    "AND NOT (id = ANY(:seen)) ORDER BY id LIMIT :limit"
 )
 
 
-async def read_unsequenced(session: AsyncSession, *, limit: int) -> Sequence[Record]:
-    """Committed rows still waiting for a position (the member streams' early look)."""
-    return (await session.execute(_UNSEQUENCED, {"limit": limit})).all()
+async def read_unsequenced(
+    session: AsyncSession,
+    *,
+    conversation_ids: Sequence[uuid.UUID],
+    seen: Sequence[int],
+    limit: int,
+) -> Sequence[Record]:
+    """Committed rows of these conversations still waiting for a position, except the
+    `seen` ones (the member streams' early look). Filtered here, not by the caller, so
+    that rows of other conversations waiting behind a long transaction never fill the
+    batch."""
+    result = await session.execute(
+        _UNSEQUENCED,
+        {"conversations": list(conversation_ids), "seen": list(seen), "limit": limit},
+    )
+    return result.all()
 
 
 _MESSAGES_AFTER = text(
