@@ -189,7 +189,8 @@ class Settings(BaseSettings):
     http_max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
     http_header_timeout_s: float = Field(default=10, gt=0, le=300)
     http_keep_alive_s: int = Field(default=5, ge=1, le=3600)
-    http_limit_concurrency: int = Field(default=512, ge=1, le=100_000)
+    # SSE_MAX_STREAMS (1,000) open streams and 512 requests beside them.
+    http_limit_concurrency: int = Field(default=1536, ge=1, le=100_000)
     # Escalation notifications (README, "Escalation notifications"). The secret and the
     # http:// switch come first so the URL's validator can see them.
     webhook_allow_http: bool = False
