@@ -115,21 +115,26 @@ async def session_events(
     async with request.app.state.sessionmaker() as session, session.begin():
         conversation_id = await conversations.get_id_by_session(session, session_id=session_id)
     stream = _open(hub, kind="member", conversation_id=conversation_id)
+    if resume is None:
+        # The start is fixed before the client sees the stream open (and after it
+        # registered, so nothing written from here on is missed): a message written once
+        # the client has its 200 is always after it, however late the body first runs.
+        try:
+            async with request.app.state.sessionmaker() as session, session.begin():
+                resume = await event_log.last_seq(session, conversation_id=conversation_id)
+        except BaseException:
+            hub.close(stream)
+            raise
     return StreamResponse(_member_body(request, stream, conversation_id, resume), stream, hub)
 
 
 async def _member_body(
-    request: Request, stream: Stream, conversation_id: uuid.UUID, resume: int | None
+    request: Request, stream: Stream, conversation_id: uuid.UUID, resume: int
 ) -> AsyncIterator[ServerSentEvent]:
     sessionmaker = request.app.state.sessionmaker
     ping_s = _hub(request).settings.sse_ping_s
     yield frame(retry=RETRY_MS)
-    if resume is None:
-        # Read after the stream registered: nothing written after this is missed.
-        async with sessionmaker() as session, session.begin():
-            last = await event_log.last_seq(session, conversation_id=conversation_id)
-    else:
-        last = resume
+    last = resume
     catch_up = True
     while True:
         if catch_up:
