@@ -29,7 +29,7 @@ ENV PATH="/app/.venv/bin:$PATH" \
     HTTP_MAX_HEADER_BYTES=16384 \
     HTTP_HEADER_TIMEOUT_S=10 \
     HTTP_KEEP_ALIVE_S=5 \
-    HTTP_LIMIT_CONCURRENCY=512
+    HTTP_LIMIT_CONCURRENCY=1536
 USER app
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \

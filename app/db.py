@@ -145,6 +145,28 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A session for a route that reads with one statement: on a direct connection it runs
+    in autocommit (no BEGIN and COMMIT round trips around the one statement); behind a
+    transaction pooler, where each statement needs its transaction, as get_session."""
+    factory: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
+    async with factory() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
+
+
+def create_read_sessionmaker(
+    engine: AsyncEngine, settings: Settings
+) -> async_sessionmaker[AsyncSession]:
+    """The sessions of get_read_session."""
+    if settings.transaction_pooler:
+        return create_sessionmaker(engine, settings)  # begins (and SETs LOCAL) on first use
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return create_sessionmaker(autocommit, settings)
+
+
 class RetryTransactionConflicts:
     """ASGI layer: a request whose transaction hit a deadlock or serialization failure
     runs once more, from the start, before the client sees anything.

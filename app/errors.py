@@ -149,12 +149,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DomainError)
     async def _domain(_: Request, error: DomainError) -> JSONResponse:
-        headers = (
-            {"Retry-After": str(error.retry_after_s)}
-            if isinstance(error, TooManyRequests)
-            else None
-        )
-        return JSONResponse(_body(error.detail), status_code=error.status_code, headers=headers)
+        return domain_error_response(error)
 
     @app.exception_handler(ClientDisconnect)
     async def _client_abort(request: Request, _: ClientDisconnect) -> Response:
@@ -194,14 +189,30 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        if is_unavailable(error):
-            return _unavailable(request, error)
-        log.error(
-            "unhandled_error",
-            extra={"error_type": type(error).__name__, "path_template": _template(request)},
-            exc_info=error,
-        )
-        return JSONResponse(_body("Internal server error"), status_code=500)
+        return unexpected_error_response(request, error)
+
+
+def domain_error_response(error: DomainError) -> JSONResponse:
+    """A domain error (not found, conflict, a limit reached...) as its HTTP response."""
+    headers = (
+        {"Retry-After": str(error.retry_after_s)} if isinstance(error, TooManyRequests) else None
+    )
+    return JSONResponse(_body(error.detail), status_code=error.status_code, headers=headers)
+
+
+def unexpected_error_response(request: Request, error: BaseException) -> JSONResponse:
+    """Anything else: an outage is 503; a bug is logged once (its class and route, never
+    the request) and answered 500."""
+    if is_unavailable(error):
+        return _unavailable(request, error)
+    if _sqlstate(error) is not None:
+        return database_error_response(request, error)
+    log.error(
+        "unhandled_error",
+        extra={"error_type": type(error).__name__, "path_template": _template(request)},
+        exc_info=error,
+    )
+    return JSONResponse(_body("Internal server error"), status_code=500)
 
 
 def database_error_response(request: Request, error: BaseException) -> JSONResponse:

@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -72,8 +73,9 @@ RECONNECT_FIRST_S = 0.25
 RECONNECT_CAP_S = 30.0
 PURGE_EVERY_S = 600.0
 PURGE_BATCH = 5000
-# A stream cut while it is still writing gets this long to finish its last send.
+# A stream ended at shutdown gets this long to finish its last send.
 END_GRACE_S = 1.0
+SHUTDOWN_CHECK_S = 0.25
 
 STREAMS_OPEN = Gauge(
     "sse_streams_open",
@@ -176,31 +178,95 @@ async def load_events(session: AsyncSession, rows: Sequence[Record]) -> list[Eve
     return build_events(rows, messages, escalations)
 
 
-@dataclass(eq=False)
+class Ping:
+    """What Stream.next returns when nothing happened for SSE_PING_S seconds."""
+
+
+PING = Ping()
+
+
 class Stream:
-    """One open stream's subscription: a bounded queue the hub fills."""
+    """One open stream's subscription: a bounded buffer the hub fills.
 
-    kind: StreamKind
-    conversation_id: uuid.UUID | None
-    types: frozenset[str] | None
-    queue: asyncio.Queue[Event | None]
-    # The hub's last dispatched position when the stream opened.
-    opened_at_position: int
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    cut: bool = False
-    # Tears the HTTP response down (set by the response that serves the stream).
-    cancel: Callable[[], Any] | None = None
-    # A service stream that also takes committed events before the sequencer numbers
-    # them (position None; the numbered copy follows): the staff console, for which an
-    # event only says "refetch", wants it now, not once older transactions end.
-    early: bool = False
+    A list and one future while it waits, rather than an asyncio.Queue and Event: an
+    idle stream holds only what it needs (a Queue alone is four deques, about 3 KB).
+    """
 
-    async def next(self) -> Event | None:
-        """The next event, or None once the stream has been ended (cut or shutdown)."""
-        if self.ended.is_set():
+    __slots__ = (
+        "_limit",
+        "_pending",
+        "_waiter",
+        "cancel",
+        "conversation_id",
+        "cut",
+        "early",
+        "ended",
+        "kind",
+        "opened_at_position",
+        "types",
+    )
+
+    def __init__(
+        self,
+        kind: StreamKind,
+        conversation_id: uuid.UUID | None,
+        types: frozenset[str] | None,
+        limit: int,
+        opened_at_position: int,
+        early: bool = False,
+    ) -> None:
+        self.kind = kind
+        # A service stream that also takes committed events before the sequencer
+        # numbers them (position None; the numbered copy follows): the staff console,
+        # for which an event only says "refetch", wants it now, not once older
+        # transactions end.
+        self.early = early
+        self.conversation_id = conversation_id
+        self.types = types
+        # The hub's last dispatched position when the stream opened.
+        self.opened_at_position = opened_at_position
+        self.ended = False
+        self.cut = False
+        # Tears the HTTP response down (set by the response that serves the stream).
+        self.cancel: Callable[[], Any] | None = None
+        self._limit = limit
+        self._pending: list[Event] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def offer(self, event: Event) -> bool:
+        """Buffer an event; False when SSE_BUFFER_EVENTS already wait."""
+        if len(self._pending) >= self._limit:
+            return False
+        self._pending.append(event)
+        self._wake()
+        return True
+
+    def end(self) -> None:
+        """Make next() return None from now on."""
+        self.ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next(self, ping_s: float) -> Event | Ping | None:
+        """The next event; PING after `ping_s` seconds without one; None once the stream
+        has been ended (cut or shutdown)."""
+        if not self._pending and not self.ended:
+            loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
+            timer = loop.call_later(ping_s, self._wake)
+            try:
+                await self._waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        if self.ended:
             return None
-        item = await self.queue.get()
-        return None if self.ended.is_set() else item
+        if not self._pending:
+            return PING
+        return self._pending.pop(0)
 
 
 class EventHub:
@@ -216,6 +282,7 @@ class EventHub:
         self._dispatch_sessions = sessionmaker
         self.position: int | None = None
         self.listening = False
+        self.closing = False
         self.listen_target: DatabaseTarget | None = settings.listen_database
         self._member: dict[uuid.UUID, set[Stream]] = defaultdict(set)
         self._service: set[Stream] = set()
@@ -247,6 +314,7 @@ class EventHub:
             )
             self._dispatch_sessions = create_sessionmaker(self._engine, self.settings)
         self._tasks.append(asyncio.create_task(self._run(), name="events-dispatch"))
+        self._tasks.append(asyncio.create_task(self._watch_shutdown(), name="events-shutdown"))
         if self.listen_target is not None:
             self._tasks.append(asyncio.create_task(self._listen(), name="events-listen"))
         else:
@@ -257,10 +325,24 @@ class EventHub:
                 extra={"poll_ms": self.settings.sse_poll_ms},
             )
 
-    async def stop(self) -> None:
-        """End every stream, then the tasks and the LISTEN connection."""
+    def end_all(self) -> None:
+        """End every open stream and refuse new ones (the server is shutting down)."""
+        self.closing = True
         for stream in [*self._service, *(s for group in self._member.values() for s in group)]:
             self._end(stream)
+
+    async def _watch_shutdown(self) -> None:
+        # uvicorn lets open responses finish before the lifespan shutdown (and stop())
+        # runs, and a stream never finishes on its own: one watcher per process ends
+        # them as soon as the server starts to exit, so clients reconnect elsewhere.
+        while not server_exiting():  # noqa: ASYNC110 - uvicorn sets a flag, not an event
+            await asyncio.sleep(SHUTDOWN_CHECK_S)
+        log.info("events_shutdown", extra={"streams": self.open_streams})
+        self.end_all()
+
+    async def stop(self) -> None:
+        """End every stream, then the tasks and the LISTEN connection."""
+        self.end_all()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -282,14 +364,14 @@ class EventHub:
         types: frozenset[str] | None = None,
         early: bool = False,
     ) -> Stream:
-        """Register a stream; TooManyStreams at SSE_MAX_STREAMS."""
-        if self.open_streams >= self.settings.sse_max_streams:
+        """Register a stream; TooManyStreams at SSE_MAX_STREAMS or while shutting down."""
+        if self.closing or self.open_streams >= self.settings.sse_max_streams:
             raise TooManyStreams()
         stream = Stream(
-            kind=kind,
-            conversation_id=conversation_id,
-            types=types,
-            queue=asyncio.Queue(maxsize=self.settings.sse_buffer_events),
+            kind,
+            conversation_id,
+            types,
+            limit=self.settings.sse_buffer_events,
             opened_at_position=self.position or 0,
             early=early,
         )
@@ -319,9 +401,7 @@ class EventHub:
         STREAMS_OPEN.labels(stream.kind).dec()
 
     def _end(self, stream: Stream) -> None:
-        stream.ended.set()
-        with contextlib.suppress(asyncio.QueueFull):
-            stream.queue.put_nowait(None)
+        stream.end()
         self.close(stream)
         if stream.cancel is not None:
             if stream.cut:
@@ -330,9 +410,7 @@ class EventHub:
                 asyncio.get_running_loop().call_later(END_GRACE_S, stream.cancel)
 
     def _offer(self, stream: Stream, event: Event) -> None:
-        try:
-            stream.queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if not stream.offer(event):
             stream.cut = True
             STREAMS_CUT.labels(stream.kind).inc()
             log.info("event_stream_cut", extra={"kind": stream.kind})
@@ -358,13 +436,13 @@ class EventHub:
         # not wait for the sequencer (which waits for every older write transaction on
         # the server): committed rows not yet numbered go to them now, once.
         async with session.begin():
-            rows = await event_log.read_unsequenced(session, limit=READ_BATCH)
-            fresh = [
-                row
-                for row in rows
-                if row.id not in self._early
-                and (row.conversation_id in self._member or self._early_service)
-            ]
+            fresh = await event_log.read_unsequenced(
+                session,
+                # Early service streams (the console) take every conversation's rows.
+                conversation_ids=None if self._early_service else list(self._member),
+                seen=list(self._early),
+                limit=READ_BATCH,
+            )
             built = await load_events(session, fresh) if fresh else []
         for event in built:
             if event.service_data is not None:
@@ -479,6 +557,17 @@ class EventHub:
             self._wake.set()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_CAP_S)
+
+
+def server_exiting() -> bool:
+    """Whether the uvicorn server of this process has been told to exit (SIGTERM/SIGINT).
+
+    uvicorn installs its bound `handle_exit` as the signal handler while it serves; its
+    server's `should_exit` turns true on the signal, before open responses are waited for.
+    """
+    handler = signal.getsignal(signal.SIGTERM)
+    server = getattr(handler, "__self__", None)
+    return bool(getattr(server, "should_exit", False))
 
 
 def _setter(flag: asyncio.Event) -> Any:

@@ -48,3 +48,11 @@ def loads(body: bytes) -> Any:
     if isinstance(value, dict | list) and _depth_exceeds(value, MAX_DEPTH):
         raise JSONTooDeep
     return value
+
+
+def is_json(content_types: list[str]) -> bool:
+    """Exactly one Content-Type, and a JSON one (application/json or any +json type)."""
+    if len(content_types) != 1:
+        return False
+    media_type = content_types[0].split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")

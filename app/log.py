@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -55,8 +56,15 @@ class JsonFormatter(logging.Formatter):
 class ConsoleFormatter(logging.Formatter):
     """`time level logger event key=value ...` for people."""
 
+    _second = -1
+    _moment = ""
+
     def format(self, record: logging.LogRecord) -> str:
-        moment = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
+        second = int(record.created)
+        if second != self._second:  # formatted once a second, not once a line
+            self._second = second
+            self._moment = time.strftime("%H:%M:%S", time.gmtime(second))
+        moment = self._moment
         pairs = " ".join(f"{key}={value}" for key, value in _extras(record).items())
         line = f"{moment} {record.levelname:<7} {record.name} {record.getMessage()} {pairs}"
         if record.exc_info:
@@ -70,6 +78,13 @@ def configure_logging(level: str, log_format: str) -> None:
     handler.setFormatter(JsonFormatter() if log_format == "json" else ConsoleFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # Every request writes an access line: skip what no formatter here prints. These
+    # switches are the ones the Python logging HOWTO ("Optimization") documents: the
+    # calling frame's file and line, and the thread and process of each record.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root.setLevel(level)
     # uvicorn's access log would print full paths, session ids included; ours does not.
     logging.getLogger("uvicorn.access").disabled = True

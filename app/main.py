@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import console
 from app.api import (
@@ -23,18 +20,23 @@ from app.api import (
     stats,
     users,
 )
-from app.db import RetryTransactionConflicts, create_engine, create_sessionmaker
+from app.db import (
+    RetryTransactionConflicts,
+    create_engine,
+    create_read_sessionmaker,
+    create_sessionmaker,
+)
 from app.errors import install_error_handlers
 from app.events import EventHub
-from app.fastpath import HotPaths
+from app.fastpath import HotPaths, pooled_driver
 from app.metrics import ApiCounters, ObserveRequests, RouteTemplates, forget_pool, observe_pool
+from app.middleware import MAX_BODY_BYTES, BodyLimit
 from app.notify import BackgroundNotifier
+from app.repositories import Driver
 from app.repositories.stats import DailyCache
 from app.settings import Settings, load_settings
 
 log = logging.getLogger("app")
-
-MAX_BODY_BYTES = 64 * 1024
 
 DESCRIPTION = """\
 The persistence and REST layer of the credit union's member support chat.
@@ -50,62 +52,6 @@ Errors are `{"detail": ...}`; 422 bad input, 401 bad key, 404 unknown,
 """
 
 
-_BODILESS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-class BodyLimit:
-    """Bodies over the limit get 413 with the usual JSON error body.
-
-    A declared Content-Length over it is refused before anything is read; a body that
-    grows past it while being read raises HTTPException(413), which FastAPI's handler
-    (or this layer, for the hot-path layer below it) turns into JSON. FastAPI's own
-    `max_body_size` is not used: it answers in plain text.
-    """
-
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.detail = f"Request body larger than {max_body_bytes} bytes"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in _BODILESS:
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if value.isdigit() and int(value) > self.max_body_bytes:
-                    await self._refuse(scope, receive, send)
-                    return
-                break
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise HTTPException(status_code=413, detail=self.detail)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except HTTPException as error:
-            if error.status_code != 413 or started:
-                raise
-            await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse({"detail": self.detail}, status_code=413)
-        await response(scope, receive, send)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the engine is created in the lifespan, not here."""
     settings = settings or load_settings()
@@ -115,6 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings)
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine, settings)
+        app.state.read_sessionmaker = create_read_sessionmaker(engine, settings)
+        # The hot-path layer's connections (tests hand it theirs; None: it stands aside).
+        app.state.hot_connection = (
+            (lambda: pooled_driver(engine)) if settings.hot_paths_active else None
+        )
         observe_pool(engine)
         if not settings.api_keys:
             log.warning(
@@ -181,16 +132,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Innermost: a request repeated after a deadlock or serialization failure is one
     # request to everything outside (metrics, logs), and hot-path hand-overs get it too.
     app.add_middleware(RetryTransactionConflicts)
+
     # Next, so CORS headers, counters, metrics and request logs still apply.
-    app.state.hot_paths = not settings.transaction_pooler
-    app.add_middleware(
-        HotPaths,
-        engine=lambda: getattr(app.state, "engine", None) if app.state.hot_paths else None,
-        message_max_chars=settings.message_max_chars,
-        redact_kinds=settings.redact,
-        member_messages_per_minute=settings.member_messages_per_minute,
-        agent_events=settings.agent_webhook_enabled,
-    )
+    def hot_connection() -> AbstractAsyncContextManager[Driver] | None:
+        source = getattr(app.state, "hot_connection", None)
+        return source() if source is not None else None
+
+    app.add_middleware(HotPaths, connections=hot_connection, settings=settings)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -164,6 +164,9 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     database_migration_url: SecretStr | None = None
     db_pooler: PoolerMode = "auto"
+    # The hot-path layer (app.fastpath) for the three busiest member requests: on by
+    # default; it stands aside behind a transaction pooler whatever this says.
+    hot_paths: bool = Field(default=True, description="HOT_PATHS=on|off")
     # The whole budget kept open: SQLAlchemy closes an overflow connection whenever it is
     # returned to a full pool, so overflow under steady load is a reconnect per request.
     db_pool_size: int = Field(default=20, ge=1, le=1000)
@@ -186,7 +189,8 @@ class Settings(BaseSettings):
     http_max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
     http_header_timeout_s: float = Field(default=10, gt=0, le=300)
     http_keep_alive_s: int = Field(default=5, ge=1, le=3600)
-    http_limit_concurrency: int = Field(default=512, ge=1, le=100_000)
+    # SSE_MAX_STREAMS (1,000) open streams and 512 requests beside them.
+    http_limit_concurrency: int = Field(default=1536, ge=1, le=100_000)
     # Escalation notifications (README, "Escalation notifications"). The secret and the
     # http:// switch come first so the URL's validator can see them.
     webhook_allow_http: bool = False
@@ -346,6 +350,11 @@ class Settings(BaseSettings):
         if info.data.get(secret.lower()) is None:
             raise ConfigError(f"{name}: is set but {secret} is not")
         return SecretStr(raw)
+
+    @property
+    def hot_paths_active(self) -> bool:
+        """Whether the hot-path layer serves requests: HOT_PATHS on and a direct connection."""
+        return self.hot_paths and not self.transaction_pooler
 
     @property
     def agent_webhook_enabled(self) -> bool:

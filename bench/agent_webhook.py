@@ -169,12 +169,12 @@ async def run_once(
                 async with sessions() as session, session.begin():
                     row, _ = await messages.append(
                         session,
-                        conversation_id=opened[number % conversation_count].conversation_id,
+                        conversation_id=opened[number % conversation_count]["conversation_id"],
                         role="user",
                         content=f"member question {number}",
                         agent_events=True,
                     )
-                committed[str(row.id)] = time.time()
+                committed[str(row["id"])] = time.time()
 
         stop = asyncio.Event()
         running = [NotificationWorker(sessions, settings) for _ in range(workers)]

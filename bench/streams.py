@@ -17,8 +17,10 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,8 @@ class Watcher:
                     return
                 now = time.perf_counter()
                 buffer += chunk
+                if not self.ready.is_set() and not buffer.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(f"stream refused: {buffer[:200]!r}")
                 if b"retry: 3000" in buffer:
                     self.ready.set()
                 while b"\nid: " in buffer:
@@ -86,21 +90,47 @@ class Watcher:
             writer.close()
 
 
-async def measure(port: int, pid: int, streams: int, writes: int) -> dict[str, Any]:
-    session = await asyncio.to_thread(post, port, "/api/v1/sessions", {})
-    session_id = session["session_id"]
-    await asyncio.sleep(1)
-    before = rss_kb(pid)
-    watchers = [Watcher() for _ in range(streams)]
+@dataclass
+class OpenStreams:
+    """Streams held open by Watchers, each in its task."""
+
+    watchers: list[Watcher]
+    tasks: list[asyncio.Task[None]]
+
+    async def close(self) -> None:
+        """Close every stream."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def open_watchers(port: int, session_id: str, count: int) -> OpenStreams:
+    """Open `count` member streams on the session; returns once every one has started."""
+    watchers = [Watcher() for _ in range(count)]
     tasks = []
     for number, watcher in enumerate(watchers):
         tasks.append(asyncio.create_task(watcher.run(port, session_id)))
         if number % 100 == 99:
             await asyncio.sleep(0.05)
-    await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in watchers)), 120)
-    await asyncio.sleep(1)
-    after = rss_kb(pid)
-    log(f"{streams} streams open; RSS {before} KB -> {after} KB")
+    streams = OpenStreams(watchers, tasks)
+    deadline = time.perf_counter() + 120
+    while not all(watcher.ready.is_set() for watcher in watchers):
+        failed = [task for task in tasks if task.done()]
+        if failed or time.perf_counter() > deadline:
+            await streams.close()
+            if failed:
+                failed[0].result()  # a refused stream raises here
+            raise RuntimeError("a stream closed before it started, or not all started in 120 s")
+        await asyncio.sleep(0.05)
+    return streams
+
+
+async def time_writes(
+    port: int, session_id: str, streams: OpenStreams, writes: int
+) -> dict[str, Any]:
+    """Post `writes` messages, 200 ms apart; per stream and message, POST sent to arrival."""
+    watchers = streams.watchers
+    open_before = sum(not task.done() for task in streams.tasks)
     sent: dict[int, float] = {}
     for _ in range(writes):
         started = time.perf_counter()
@@ -109,28 +139,142 @@ async def measure(port: int, pid: int, streams: int, writes: int) -> dict[str, A
         )
         sent[message["seq"]] = started
         await asyncio.sleep(0.2)
-    await asyncio.sleep(5)
-    latencies = [
+    deadline = time.perf_counter() + 5
+    while time.perf_counter() < deadline and any(  # noqa: ASYNC110
+        seq not in watcher.arrived for watcher in watchers for seq in sent
+    ):
+        await asyncio.sleep(0.05)
+    latencies = sorted(
         (watcher.arrived[seq] - started) * 1000
         for watcher in watchers
         for seq, started in sent.items()
         if seq in watcher.arrived
-    ]
-    missing = streams * writes - len(latencies)
-    for task in tasks:
-        task.cancel()
-    latencies.sort()
+    )
     return {
-        "streams": streams,
+        "streams": len(watchers),
         "writes": writes,
         "deliveries": len(latencies),
-        "missing": missing,
-        "p50_ms": round(statistics.median(latencies), 1),
-        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 1),
+        "missing": len(watchers) * writes - len(latencies),
+        "open_before_writes": open_before,
+        "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+        "p99_ms": round(latencies[max(int(len(latencies) * 0.99) - 1, 0)], 1)
+        if latencies
+        else None,
+    }
+
+
+WARM_UP_STREAMS = 20
+
+
+async def warm_up(port: int) -> str:
+    """A new session, with a few streams opened, sent a message and closed on it, so that
+    what the worker sets up once (the first stream, the first fan-out) is not counted
+    per stream; returns the session id."""
+    session_id: str = (await asyncio.to_thread(post, port, "/api/v1/sessions", {}))["session_id"]
+    opened = await open_watchers(port, session_id, WARM_UP_STREAMS)
+    try:
+        await time_writes(port, session_id, opened, 1)
+    finally:
+        await opened.close()
+    await asyncio.sleep(1)
+    return session_id
+
+
+async def measure(port: int, pid: int, streams: int, writes: int) -> dict[str, Any]:
+    """Open the streams, read the worker's RSS around it, then time the writes."""
+    session_id = await warm_up(port)
+    before = rss_kb(pid)
+    opened = await open_watchers(port, session_id, streams)
+    await asyncio.sleep(1)
+    after = rss_kb(pid)
+    log(f"{streams} streams open; RSS {before} KB -> {after} KB")
+    try:
+        result = await time_writes(port, session_id, opened, writes)
+    finally:
+        await opened.close()
+    return {**result, **rss_figures(before, after, streams)}
+
+
+def rss_figures(before: int, after: int, streams: int) -> dict[str, Any]:
+    """The worker's RSS before and after opening the streams, and the growth per stream."""
+    return {
         "rss_before_kb": before,
         "rss_after_kb": after,
         "rss_per_stream_kb": round((after - before) / streams, 1),
     }
+
+
+P99_TARGET_MS = 250
+RSS_TARGET_KB = 40
+
+
+def checks(figures: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """The issue's two targets for the streams, as (target, figure, met)."""
+    streams = figures["streams"]
+    p99 = figures["p99_ms"]
+    delivered = f"{figures['deliveries']:,} of {streams * figures['writes']:,} delivered"
+    return [
+        (
+            f"commit-to-client p99 <= {P99_TARGET_MS} ms with {streams:,} open member streams",
+            f"p50 {figures['p50_ms']} ms, p99 {p99} ms ({delivered})",
+            p99 is not None and p99 <= P99_TARGET_MS and figures["missing"] == 0,
+        ),
+        (
+            f"worker RSS growth <= {RSS_TARGET_KB} KB per idle stream",
+            f"{figures['rss_per_stream_kb']} KB ({figures['rss_before_kb'] // 1024} MB -> "
+            f"{figures['rss_after_kb'] // 1024} MB)",
+            figures["rss_per_stream_kb"] <= RSS_TARGET_KB,
+        ),
+    ]
+
+
+class StreamPhase:
+    """`python -m bench`'s stream phase: idle member streams held open on the running
+    service (from a thread with its own event loop) while the other loads run, then the
+    write latency measured across them."""
+
+    def __init__(self, port: int, pid: int, count: int) -> None:
+        self.port = port
+        self.pid = pid
+        self.count = count
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.streams: OpenStreams | None = None
+        self.session_id = ""
+        self.rss: dict[str, Any] = {}
+
+    def _call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def open(self) -> None:
+        """Open the streams; the worker's RSS is read before and after."""
+        self.session_id = self._call(warm_up(self.port))
+        before = rss_kb(self.pid)
+        self.streams = self._call(open_watchers(self.port, self.session_id, self.count))
+        time.sleep(1)
+        self.rss = rss_figures(before, rss_kb(self.pid), self.count)
+        log(f"  {self.count} member streams open: RSS {before} KB -> {self.rss['rss_after_kb']} KB")
+
+    def finish(self, writes: int) -> dict[str, Any]:
+        """Time `writes` messages across the open streams, then close them."""
+        assert self.streams is not None
+        try:
+            result: dict[str, Any] = self._call(
+                time_writes(self.port, self.session_id, self.streams, writes)
+            )
+        finally:
+            self.close()
+        return {**result, **self.rss}
+
+    def close(self) -> None:
+        """Close the streams and stop the thread (idempotent)."""
+        if not self.thread.is_alive():
+            return
+        if self.streams is not None:
+            self._call(self.streams.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
 
 
 def main() -> None:
@@ -148,7 +292,14 @@ def main() -> None:
     try:
         upgrade_to_head(url)
         port = free_port()
-        environment = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING"}
+        environment = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "LOG_LEVEL": "WARNING",
+            # Every stream is a connection: uvicorn's cap (HTTP_LIMIT_CONCURRENCY, 512 by
+            # default) must leave room for them and the writes.
+            "HTTP_LIMIT_CONCURRENCY": str(arguments.streams + 100),
+        }
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
             env=environment,

@@ -138,7 +138,12 @@ def thread_server(settings: Settings) -> Iterator[ThreadServer]:
         pending = asyncio.all_tasks(loop)
         for task in pending:
             task.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+        async def drain() -> None:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+        if pending:
+            loop.run_until_complete(drain())
         loop.close()
 
 

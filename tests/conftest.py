@@ -18,7 +18,7 @@ import os
 import secrets
 import tempfile
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from app.db import create_engine, get_session
+from app.db import create_engine, get_read_session, get_session
 from app.main import create_app
 from app.migrations import upgrade_to_head
 from app.settings import Settings
@@ -225,8 +225,43 @@ async def started_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]
 
 
 @pytest.fixture
-async def client(app: FastAPI, connection: AsyncConnection) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client on the real app whose requests run inside the test's transaction."""
+def hot_paths(request: pytest.FixtureRequest) -> bool:
+    """Whether the `client` fixture's app serves the hot member requests in the hot-path
+    layer (as production does in direct mode) or hands everything to FastAPI. Member
+    modules mark themselves `both_paths` and run once each way."""
+    return bool(getattr(request, "param", True))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_paths") and "client" in metafunc.fixturenames:
+        if os.environ.get("TEST_DB_POOLER") == "transaction":
+            # Behind a transaction pooler the layer stands aside: one path, run once.
+            metafunc.parametrize("hot_paths", [False], ids=["fastapi"], indirect=True)
+        else:
+            metafunc.parametrize("hot_paths", [True, False], ids=["hot", "fastapi"], indirect=True)
+
+
+def joined_driver(connection: AsyncConnection) -> Callable[[], Any]:
+    """A connection source for the hot-path layer: the test's own connection, each
+    request in a savepoint (as the joined sessions of the FastAPI path)."""
+
+    @contextlib.asynccontextmanager
+    async def source() -> AsyncIterator[Any]:
+        await connection.exec_driver_sql("SELECT 1")  # the outer transaction has begun
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None
+        async with driver.transaction():
+            yield driver
+
+    return source
+
+
+@pytest.fixture
+async def client(
+    app: FastAPI, connection: AsyncConnection, hot_paths: bool
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the real app whose requests run inside the test's transaction,
+    the hot-path layer included (on the same connection) unless `hot_paths` is False."""
 
     async def joined_session() -> AsyncIterator[AsyncSession]:
         session = _joined_session(connection)
@@ -237,14 +272,17 @@ async def client(app: FastAPI, connection: AsyncConnection) -> AsyncIterator[htt
             await session.close()
 
     app.dependency_overrides[get_session] = joined_session
-    # The hot-path layer uses its own pooled connections, outside the test's transaction.
-    app.state.hot_paths = False
+    app.dependency_overrides[get_read_session] = joined_session
+    production_source = app.state.hot_connection
+    if production_source is not None:  # direct mode, HOT_PATHS on: as production serves
+        app.state.hot_connection = joined_driver(connection) if hot_paths else None
     try:
         async with _client(app) as http:
             yield http
     finally:
         app.dependency_overrides.pop(get_session, None)
-        app.state.hot_paths = not app.state.settings.transaction_pooler
+        app.dependency_overrides.pop(get_read_session, None)
+        app.state.hot_connection = production_source
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,43 @@ from app.main import create_app
 from app.settings import Settings
 
 SERVICE_HEADERS = {"Authorization": f"Bearer {SERVICE_KEY}"}
+API = "/api/v1"
+
+
+async def create_session(http: httpx.AsyncClient) -> dict[str, Any]:
+    """A new member session (201)."""
+    response = await http.post(f"{API}/sessions")
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def say(http: httpx.AsyncClient, session_id: str, content: str) -> dict[str, Any]:
+    """A member message (201); the Message."""
+    response = await http.post(f"{API}/sessions/{session_id}/messages", json={"content": content})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def until(condition: Any, wait_s: float = 20) -> None:
+    """Wait until `condition()` is true; fail after `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def own_events(reader: SseReader, conversation_id: str | set[str], count: int) -> list[Any]:
+    """The next `count` service events of one conversation (earlier tests' events can be
+    numbered late, after a stream opened, while another transaction on the server runs)."""
+    wanted = {conversation_id} if isinstance(conversation_id, str) else conversation_id
+    found = []
+    while len(found) < count:
+        event = await reader.next_event()
+        if event.json().get("conversation_id") in wanted:
+            found.append(event)
+    return found
 
 
 @dataclass
@@ -55,6 +93,16 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
     finally:
         server.should_exit = True
         await task
+
+
+@contextlib.asynccontextmanager
+async def served(settings: Settings) -> AsyncIterator[tuple[LiveServer, httpx.AsyncClient]]:
+    """live_server with an HTTP client on it."""
+    async with (
+        live_server(settings) as live,
+        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
+    ):
+        yield live, http
 
 
 @dataclass

@@ -320,10 +320,12 @@ async def test_a_resolved_escalation_frees_a_slot(database_url: str) -> None:
 async def test_the_message_limit_answers_alike_on_both_paths(
     database_url: str, hot_path: bool
 ) -> None:
-    async with _app_client(database_url, member_messages_per_minute=2) as (application, client):
-        if application.state.settings.transaction_pooler:
+    async with _app_client(database_url, member_messages_per_minute=2, hot_paths=hot_path) as (
+        application,
+        client,
+    ):
+        if hot_path and not application.state.settings.hot_paths_active:
             pytest.skip("the hot-path layer stands aside behind a transaction pooler")
-        application.state.hot_paths = hot_path
         session_id = await _new_session(client)
         url = f"{API}/sessions/{session_id}/messages"
         for number in range(2):
@@ -383,8 +385,7 @@ async def test_an_archived_conversation_is_409_even_with_a_full_window(
 async def test_two_content_types_get_one_answer_on_both_paths(
     database_url: str, hot_path: bool, content_types: list[str]
 ) -> None:
-    async with _app_client(database_url) as (application, client):
-        application.state.hot_paths = hot_path
+    async with _app_client(database_url, hot_paths=hot_path) as (_, client):
         session_id = await _new_session(client)
         url = f"{API}/sessions/{session_id}/messages"
         response = await client.post(
@@ -402,8 +403,7 @@ async def test_two_content_types_get_one_answer_on_both_paths(
 async def test_nesting_at_the_limit_is_ordinary_validation_and_past_it_json_too_deep(
     database_url: str, hot_path: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with _app_client(database_url) as (application, client):
-        application.state.hot_paths = hot_path
+    async with _app_client(database_url, hot_paths=hot_path) as (_, client):
         session_id = await _new_session(client)
         url = f"{API}/sessions/{session_id}/messages"
         with caplog.at_level(logging.DEBUG):

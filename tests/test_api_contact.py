@@ -8,6 +8,9 @@ import httpx
 import pytest
 from api_support import API, conversation, identity, open_session, user_of
 
+# Every test here runs with the hot-path layer on and with it off (tests/conftest.py).
+pytestmark = pytest.mark.both_paths
+
 
 async def _patch(client: httpx.AsyncClient, session_id: str, body: Any) -> httpx.Response:
     return await client.patch(f"{API}/sessions/{session_id}/contact", json=body)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import uuid
 from typing import Any
@@ -216,11 +215,8 @@ async def test_the_list_is_ordered_by_last_activity_newest_first(
     committed_client: httpx.AsyncClient, service_headers: dict[str, str]
 ) -> None:
     first = await open_session(committed_client)
-    await asyncio.sleep(0.005)
     second = await open_session(committed_client)
-    await asyncio.sleep(0.005)
     third = await open_session(committed_client)
-    await asyncio.sleep(0.005)
     await send_message(committed_client, first["session_id"], "bump")
     response = await _list(committed_client, service_headers)
     assert response.status_code == 200

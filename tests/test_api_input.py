@@ -15,6 +15,9 @@ from fastapi import FastAPI
 
 from app.main import create_app
 
+# Every test here runs with the hot-path layer on and with it off (tests/conftest.py).
+pytestmark = pytest.mark.both_paths
+
 MAX_BODY = 64 * 1024
 
 

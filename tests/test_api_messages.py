@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import datetime
 from typing import Any
@@ -10,6 +9,9 @@ from typing import Any
 import httpx
 import pytest
 from api_support import API, conversation, open_session, send_message, send_messages
+
+# Every test here runs with the hot-path layer on and with it off (tests/conftest.py).
+pytestmark = pytest.mark.both_paths
 
 MESSAGE_FIELDS = {"id", "conversation_id", "seq", "role", "content", "created_at"}
 
@@ -146,7 +148,6 @@ async def test_every_message_bumps_the_conversations_updated_at(
     session = await open_session(committed_client)
     stamps = [session["updated_at"]]
     for number in range(2):
-        await asyncio.sleep(0.01)
         await send_message(committed_client, session["session_id"], f"m{number}")
         current = await committed_client.get(f"{API}/sessions/{session['session_id']}")
         stamps.append(current.json()["updated_at"])
@@ -287,3 +288,18 @@ async def test_a_full_history_walk_backwards_and_forwards_has_no_gaps_or_duplica
             break
         cursor = seqs[-1]
     assert forwards == list(range(1, total + 1))
+
+
+async def test_before_and_after_together_are_named_in_the_error(client: httpx.AsyncClient) -> None:
+    session = await open_session(client)
+    response = await _history(client, session["session_id"], before=5, after=1)
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": [
+            {
+                "type": "value_error",
+                "loc": ["query", "after"],
+                "msg": "give at most one of before, after",
+            }
+        ]
+    }

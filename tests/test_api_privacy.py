@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from api_support import API, escalate
+
+# Every test here runs with the hot-path layer on and with it off (tests/conftest.py).
+pytestmark = pytest.mark.both_paths
 
 NAME = "Adalind Privatename"
 EMAIL = "adalind.private@example.org"

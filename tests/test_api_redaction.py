@@ -47,10 +47,10 @@ async def both(app: FastAPI, committed_client: httpx.AsyncClient) -> AsyncIterat
     """The committed client and a switch for the hot-path layer."""
     if app.state.settings.transaction_pooler:
         pytest.skip("the hot-path layer stands aside behind a transaction pooler")
-    original = app.state.hot_paths
+    original = app.state.hot_connection
 
     def switch(enabled: bool) -> None:
-        app.state.hot_paths = enabled
+        app.state.hot_connection = original if enabled else None
 
     try:
         yield committed_client, switch

@@ -10,6 +10,9 @@ import httpx
 import pytest
 from api_support import API, open_session
 
+# Every test here runs with the hot-path layer on and with it off (tests/conftest.py).
+pytestmark = pytest.mark.both_paths
+
 SESSION_FIELDS = {"session_id", "conversation_id", "status", "created_at", "updated_at"}
 
 

@@ -11,8 +11,17 @@ import asyncpg
 import httpx
 import pytest
 from conftest import ROOMY_LIMITS, asyncpg_dsn, make_settings
-from stream_support import SERVICE_HEADERS, LiveServer, live_server, open_stream
+from stream_support import (
+    SERVICE_HEADERS,
+    LiveServer,
+    create_session,
+    live_server,
+    open_stream,
+    own_events,
+    say,
+)
 
+from app import events as events_module
 from app.settings import Settings
 
 API = "/api/v1"
@@ -35,32 +44,6 @@ async def live(stream_settings: Settings) -> AsyncIterator[LiveServer]:
 async def http(live: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=live.base_url, timeout=30) as client:
         yield client
-
-
-async def _own_events(reader: Any, conversation_id: str | set[str], count: int) -> list[Any]:
-    """The next `count` service events of one conversation (earlier tests' events can be
-    numbered late, after a stream opened, while another transaction on the server runs)."""
-    wanted = {conversation_id} if isinstance(conversation_id, str) else conversation_id
-    found = []
-    while len(found) < count:
-        event = await reader.next_event()
-        if event.json().get("conversation_id") in wanted:
-            found.append(event)
-    return found
-
-
-async def _session(http: httpx.AsyncClient) -> dict[str, Any]:
-    response = await http.post(f"{API}/sessions")
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def _say(http: httpx.AsyncClient, session_id: str, content: str) -> dict[str, Any]:
-    response = await http.post(f"{API}/sessions/{session_id}/messages", json={"content": content})
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 async def _reply(http: httpx.AsyncClient, conversation_id: str, content: str) -> dict[str, Any]:
@@ -91,11 +74,11 @@ async def _escalate(http: httpx.AsyncClient, session_id: str) -> dict[str, Any]:
 async def test_member_stream_sends_every_message_once_in_seq_order_with_the_message_shape(
     http: httpx.AsyncClient,
 ) -> None:
-    session = await _session(http)
+    session = await create_session(http)
     sid = session["session_id"]
-    await _say(http, sid, "written before the stream opened")
+    await say(http, sid, "written before the stream opened")
     async with open_stream(http, f"{API}/sessions/{sid}/events") as reader:
-        first = await _say(http, sid, "hello")
+        first = await say(http, sid, "hello")
         second = await _reply(http, session["conversation_id"], "hi, how can I help?")
         events = await reader.events(2)
     assert [(event.event, event.id, event.json()) for event in events] == [
@@ -107,7 +90,7 @@ async def test_member_stream_sends_every_message_once_in_seq_order_with_the_mess
 async def test_member_stream_announces_escalations_and_status_changes_without_ids_or_pii(
     http: httpx.AsyncClient,
 ) -> None:
-    session = await _session(http)
+    session = await create_session(http)
     sid = session["session_id"]
     async with open_stream(http, f"{API}/sessions/{sid}/events") as reader:
         escalation = await _escalate(http, sid)
@@ -141,8 +124,8 @@ async def test_member_stream_announces_escalations_and_status_changes_without_id
 async def test_member_stream_resumes_after_the_given_seq_with_no_gap_and_no_duplicate(
     http: httpx.AsyncClient, how: str
 ) -> None:
-    sid = (await _session(http))["session_id"]
-    written = [await _say(http, sid, f"message {number}") for number in range(1, 4)]
+    sid = (await create_session(http))["session_id"]
+    written = [await say(http, sid, f"message {number}") for number in range(1, 4)]
     path = f"{API}/sessions/{sid}/events"
     headers = {}
     if how == "after":
@@ -151,7 +134,7 @@ async def test_member_stream_resumes_after_the_given_seq_with_no_gap_and_no_dupl
         headers["Last-Event-ID"] = "1"
     async with open_stream(http, path, headers) as reader:
         caught_up = await reader.events(2)
-        later = await _say(http, sid, "message 4")
+        later = await say(http, sid, "message 4")
         live = await reader.next_event()
         assert await reader.nothing_within(0.3)
     assert [event.json() for event in caught_up] == written[1:]
@@ -172,7 +155,7 @@ async def test_unknown_session_is_404_and_missing_key_is_401_before_any_stream(
 
 
 async def test_bad_resume_points_and_unknown_types_are_422(http: httpx.AsyncClient) -> None:
-    sid = (await _session(http))["session_id"]
+    sid = (await create_session(http))["session_id"]
     for path, headers in (
         (f"{API}/sessions/{sid}/events", {"Last-Event-ID": "abc"}),
         (f"{API}/sessions/{sid}/events?after=-1", {}),
@@ -186,10 +169,10 @@ async def test_bad_resume_points_and_unknown_types_are_422(http: httpx.AsyncClie
 async def test_service_stream_sends_each_event_type_with_increasing_positions(
     http: httpx.AsyncClient,
 ) -> None:
-    session = await _session(http)
+    session = await create_session(http)
     sid, conversation_id = session["session_id"], session["conversation_id"]
     async with open_stream(http, f"{API}/events", SERVICE_HEADERS) as reader:
-        message = await _say(http, sid, "hello")
+        message = await say(http, sid, "hello")
         escalation = await _escalate(http, sid)
         response = await http.patch(
             f"{API}/escalations/{escalation['id']}",
@@ -197,7 +180,7 @@ async def test_service_stream_sends_each_event_type_with_increasing_positions(
             headers=SERVICE_HEADERS,
         )
         assert response.status_code == 200
-        events = await _own_events(reader, conversation_id, 4)
+        events = await own_events(reader, conversation_id, 4)
     assert [event.event for event in events] == [
         "message.created",
         "escalation.created",
@@ -226,21 +209,21 @@ async def test_service_stream_sends_each_event_type_with_increasing_positions(
 async def test_service_stream_filters_by_type_and_resumes_from_last_event_id(
     http: httpx.AsyncClient,
 ) -> None:
-    session = await _session(http)
+    session = await create_session(http)
     sid = session["session_id"]
     path = f"{API}/events?types=message.created"
     async with open_stream(http, path, SERVICE_HEADERS) as reader:
         await _escalate(http, sid)
-        first = await _say(http, sid, "one")
-        (event,) = await _own_events(reader, session["conversation_id"], 1)
+        first = await say(http, sid, "one")
+        (event,) = await own_events(reader, session["conversation_id"], 1)
     assert event.event == "message.created" and event.json()["message"] == first
     # Written while no stream is open; the resumed stream gets them once, in order.
-    missed = [await _say(http, sid, f"missed {number}") for number in range(3)]
+    missed = [await say(http, sid, f"missed {number}") for number in range(3)]
     headers = {**SERVICE_HEADERS, "Last-Event-ID": event.id or ""}
     async with open_stream(http, path, headers) as reader:
-        resumed = await _own_events(reader, session["conversation_id"], 3)
-        live = await _say(http, sid, "live")
-        (after,) = await _own_events(reader, session["conversation_id"], 1)
+        resumed = await own_events(reader, session["conversation_id"], 3)
+        live = await say(http, sid, "live")
+        (after,) = await own_events(reader, session["conversation_id"], 1)
         assert await reader.nothing_within(0.3)
     assert [item.json()["message"] for item in resumed] == missed
     assert after.json()["message"] == live
@@ -268,18 +251,18 @@ async def _commit_held_message(
 async def test_an_event_whose_transaction_commits_late_still_reaches_a_resumed_reader_once(
     http: httpx.AsyncClient, migration_url: str
 ) -> None:
-    held = await _session(http)
-    other = await _session(http)
+    held = await create_session(http)
+    other = await create_session(http)
     async with open_stream(http, f"{API}/events?types=message.created", SERVICE_HEADERS) as reader:
-        await _say(http, other["session_id"], "before")
-        (start,) = await _own_events(reader, other["conversation_id"], 1)
+        await say(http, other["session_id"], "before")
+        (start,) = await own_events(reader, other["conversation_id"], 1)
     ready, release = asyncio.Event(), asyncio.Event()
     # A takes its event row (and a lower id) first and stays open; B commits after it.
     writer = asyncio.create_task(
         _commit_held_message(migration_url, held["conversation_id"], ready, release)
     )
     await asyncio.wait_for(ready.wait(), 5)
-    committed = await _say(http, other["session_id"], "committed first")
+    committed = await say(http, other["session_id"], "committed first")
     headers = {**SERVICE_HEADERS, "Last-Event-ID": start.id or ""}
     async with open_stream(http, f"{API}/events?types=message.created", headers) as reader:
         # B cannot be numbered while A could still take a lower place before it.
@@ -289,9 +272,9 @@ async def test_an_event_whose_transaction_commits_late_still_reaches_a_resumed_r
         release.set()
         await writer
         both = {held["conversation_id"], other["conversation_id"]}
-        received = await _own_events(reader, both, 2)
-        final = await _say(http, other["session_id"], "after")
-        (last,) = await _own_events(reader, both, 1)
+        received = await own_events(reader, both, 2)
+        final = await say(http, other["session_id"], "after")
+        (last,) = await own_events(reader, both, 1)
         assert await reader.nothing_within(0.3)
     contents = {event.json()["message"]["content"] for event in received}
     assert contents == {"held back", "committed first"}
@@ -323,12 +306,12 @@ async def _read_resuming(
 async def test_readers_resuming_at_random_points_under_a_concurrent_writer_miss_nothing(
     http: httpx.AsyncClient,
 ) -> None:
-    sid = (await _session(http))["session_id"]
+    sid = (await create_session(http))["session_id"]
     total = 100
 
     async def write() -> None:
         for number in range(total):
-            await _say(http, sid, f"message {number}")
+            await say(http, sid, f"message {number}")
 
     readers = [
         _read_resuming(http, f"{API}/sessions/{sid}/events", total, seed, {}) for seed in range(3)
@@ -341,17 +324,17 @@ async def test_readers_resuming_at_random_points_under_a_concurrent_writer_miss_
 async def test_service_readers_resuming_under_concurrent_writers_see_every_event_once(
     http: httpx.AsyncClient,
 ) -> None:
-    opened = [await _session(http) for _ in range(3)]
+    opened = [await create_session(http) for _ in range(3)]
     sessions = [item["session_id"] for item in opened]
     ours = {item["conversation_id"] for item in opened}
     per_writer = 25
     async with open_stream(http, f"{API}/events?types=message.created", SERVICE_HEADERS) as r:
-        await _say(http, sessions[0], "start")
-        (start,) = await _own_events(r, ours, 1)
+        await say(http, sessions[0], "start")
+        (start,) = await own_events(r, ours, 1)
 
     async def write(sid: str) -> None:
         for number in range(per_writer):
-            await _say(http, sid, f"message {number}")
+            await say(http, sid, f"message {number}")
 
     path = f"{API}/events?types=message.created&after={start.id}"
 
@@ -364,7 +347,7 @@ async def test_service_readers_resuming_under_concurrent_writers_see_every_event
                 for _ in range(chance.randint(1, 30)):
                     if len(seen) >= 3 * per_writer:
                         break
-                    (event,) = await _own_events(reader, ours, 1)
+                    (event,) = await own_events(reader, ours, 1)
                     seen.append(int(event.id or 0))
                     headers = {**SERVICE_HEADERS, "Last-Event-ID": event.id or ""}
         return seen
@@ -389,7 +372,7 @@ async def test_an_assignment_and_a_staff_reply_reach_both_streams(
         )
     finally:
         await connection.close()
-    session = await _session(http)
+    session = await create_session(http)
     sid, conversation_id = session["session_id"], session["conversation_id"]
     escalation = await _escalate(http, sid)
     member_path = f"{API}/sessions/{sid}/events"
@@ -413,12 +396,15 @@ async def test_an_assignment_and_a_staff_reply_reach_both_streams(
         # did (the escalation's own creation): look for the two this test caused.
         seen: dict[str, Any] = {}
         while set(seen) != {"escalation.updated", "message.created"}:
-            [event] = await _own_events(service, conversation_id, 1)
+            [event] = await own_events(service, conversation_id, 1)
             if event.event in ("escalation.updated", "message.created"):
                 seen[event.event] = event
         updated, created = seen["escalation.updated"], seen["message.created"]
+        # The member stream orders messages by seq; a status or escalation change is
+        # not ordered against them (a stream that catches up from the table may send
+        # the message first), so read until both have come.
         member_events = [await member.next_event()]
-        while member_events[-1].event != "message":
+        while {"escalation", "message"} - {event.event for event in member_events}:
             member_events.append(await member.next_event())
     assert updated.event == "escalation.updated"
     assert updated.json()["assignee_id"] == staff_id
@@ -427,23 +413,47 @@ async def test_an_assignment_and_a_staff_reply_reach_both_streams(
     assert created.json()["message"]["role"] == "staff"
     assert created.json()["message"]["author_name"] == "Ann Lee"
     assert "escalation" in [event.event for event in member_events]
-    staff_message = member_events[-1].json()
+    [staff_message] = [event.json() for event in member_events if event.event == "message"]
     assert (staff_message["role"], staff_message["author_name"]) == ("staff", "Ann Lee")
     assert all(staff_id not in event.data for event in member_events)
 
 
 async def test_neither_stream_carries_a_clear_card_number(http: httpx.AsyncClient) -> None:
     card = "4111 1111 1111 1111"  # the well-known Visa test number: Luhn-valid
-    session = await _session(http)
+    session = await create_session(http)
     sid, conversation_id = session["session_id"], session["conversation_id"]
     async with (
         open_stream(http, f"{API}/events", SERVICE_HEADERS) as service,
         open_stream(http, f"{API}/sessions/{sid}/events", {}) as member,
     ):
-        await _say(http, sid, f"my card {card} was declined")
+        await say(http, sid, f"my card {card} was declined")
         await _reply(http, conversation_id, f"Noted: {card}")
-        service_events = await _own_events(service, conversation_id, 2)
+        service_events = await own_events(service, conversation_id, 2)
         member_events = [await member.next_event() for _ in range(2)]
     data = [event.data for event in service_events + member_events]
     assert all("[card ending 1111]" in item for item in data), data
     assert not any(card in item or card.replace(" ", "") in item for item in data)
+
+
+async def test_a_member_stream_is_not_held_back_by_other_conversations_waiting_to_be_numbered(
+    http: httpx.AsyncClient, migration_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While an older transaction is open nothing can be numbered; member streams get
+    # their conversation's committed rows early. Rows of other conversations (more than
+    # one read's worth) waiting in front of them must not stand in the way.
+    monkeypatch.setattr(events_module, "READ_BATCH", 2)
+    held, busy, watched = [await create_session(http) for _ in range(3)]
+    ready, release = asyncio.Event(), asyncio.Event()
+    writer = asyncio.create_task(
+        _commit_held_message(migration_url, held["conversation_id"], ready, release)
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), 5)
+        for number in range(4):
+            await say(http, busy["session_id"], f"waiting {number}")
+        async with open_stream(http, f"{API}/sessions/{watched['session_id']}/events") as reader:
+            sent = await say(http, watched["session_id"], "not held back")
+            assert (await reader.next_event(5)).json() == sent
+    finally:
+        release.set()
+        await writer

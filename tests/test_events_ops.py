@@ -15,60 +15,50 @@ import httpx
 import pytest
 from conftest import ROOMY_LIMITS, asyncpg_dsn, make_settings
 from ops_support import running_server
-from stream_support import SERVICE_HEADERS, live_server, open_stream
+from stream_support import (
+    SERVICE_HEADERS,
+    create_session,
+    live_server,
+    open_stream,
+    own_events,
+    say,
+    served,
+    until,
+)
 
 from app.events import LISTEN_RECONNECTS, STREAMS_CUT, EventHub, purge_expired
-from app.settings import ConfigError, load_settings
+from app.settings import ConfigError, Settings, load_settings
 
 API = "/api/v1"
 
 
-async def _session(http: httpx.AsyncClient) -> dict[str, Any]:
-    response = await http.post(f"{API}/sessions")
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def _say(http: httpx.AsyncClient, session_id: str, content: str) -> dict[str, Any]:
-    response = await http.post(f"{API}/sessions/{session_id}/messages", json={"content": content})
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def _until(condition: Any, wait_s: float = 20) -> None:
-    deadline = time.monotonic() + wait_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-async def test_an_idle_stream_sends_a_ping_comment(database_url: str, migration_url: str) -> None:
-    settings = make_settings(
-        database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_ping_s=0.2
+def _settings(database_url: str, migration_url: str, **overrides: Any) -> Settings:
+    """The test database's settings for a live server (direct URL for LISTEN)."""
+    return make_settings(
+        database_url, **ROOMY_LIMITS, database_migration_url=migration_url, **overrides
     )
-    async with (
-        live_server(settings) as live,
-        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
-    ):
-        sid = (await _session(http))["session_id"]
+
+
+async def test_an_idle_stream_sends_ping_comments_and_still_delivers_afterwards(
+    database_url: str, migration_url: str
+) -> None:
+    settings = _settings(database_url, migration_url, sse_ping_s=0.2)
+    async with served(settings) as (_, http):
+        sid = (await create_session(http))["session_id"]
         async with open_stream(http, f"{API}/sessions/{sid}/events") as reader:
-            block = await reader.next(2)
-    assert block.comments == ["ping"] and block.event is None
+            blocks = [await reader.next(2) for _ in range(3)]
+            sent = await say(http, sid, "after the pings")
+            received = await reader.next_event(5)
+    assert all(block.comments == ["ping"] and block.event is None for block in blocks)
+    assert received.json() == sent
 
 
 async def test_streams_over_the_cap_get_503_with_retry_after_and_the_gauge_counts_them(
     database_url: str, migration_url: str
 ) -> None:
-    settings = make_settings(
-        database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_max_streams=1
-    )
-    async with (
-        live_server(settings) as live,
-        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
-    ):
-        sid = (await _session(http))["session_id"]
+    settings = _settings(database_url, migration_url, sse_max_streams=1)
+    async with served(settings) as (live, http):
+        sid = (await create_session(http))["session_id"]
         async with open_stream(http, f"{API}/sessions/{sid}/events"):
             refused = await http.get(f"{API}/events", headers=SERVICE_HEADERS)
             metrics = (await http.get("/metrics")).text
@@ -77,46 +67,38 @@ async def test_streams_over_the_cap_get_503_with_retry_after_and_the_gauge_count
         assert refused.json()["detail"]
         assert 'sse_streams_open{kind="member"} 1.0' in metrics
         hub: EventHub = live.app.state.event_hub
-        await _until(lambda: hub.open_streams == 0)
+        await until(lambda: hub.open_streams == 0)
 
 
 async def test_a_stream_that_falls_behind_is_cut_without_holding_back_the_others(
     database_url: str, migration_url: str
 ) -> None:
-    settings = make_settings(
-        database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_buffer_events=3
-    )
-    async with (
-        live_server(settings) as live,
-        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
-    ):
+    settings = _settings(database_url, migration_url, sse_buffer_events=3)
+    async with served(settings) as (live, http):
         hub: EventHub = live.app.state.event_hub
-        sid = (await _session(http))["session_id"]
-        busy = (await _session(http))["session_id"]
+        sid = (await create_session(http))["session_id"]
+        busy = (await create_session(http))["session_id"]
         cut_before = STREAMS_CUT.labels("service")._value.get()
         stalled = hub.open("service")  # a subscriber that never reads
         async with open_stream(http, f"{API}/sessions/{sid}/events") as reader:
             for number in range(5):
-                await _say(http, busy, f"message {number}")
-            await _until(lambda: stalled.cut)
-            sent = await _say(http, sid, "still served")
+                await say(http, busy, f"message {number}")
+            await until(lambda: stalled.cut)
+            sent = await say(http, sid, "still served")
             received = await reader.next_event()
         assert received.json() == sent
-        assert stalled.ended.is_set() and await stalled.next() is None
+        assert stalled.ended and await stalled.next(1) is None
         assert STREAMS_CUT.labels("service")._value.get() == cut_before + 1
 
 
 async def test_a_cut_stream_ends_its_http_response_at_once(
     database_url: str, migration_url: str
 ) -> None:
-    settings = make_settings(database_url, **ROOMY_LIMITS, database_migration_url=migration_url)
-    async with (
-        live_server(settings) as live,
-        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
-    ):
+    settings = _settings(database_url, migration_url)
+    async with served(settings) as (live, http):
         hub: EventHub = live.app.state.event_hub
         async with open_stream(http, f"{API}/events", SERVICE_HEADERS) as reader:
-            await _until(lambda: hub.open_streams == 1)
+            await until(lambda: hub.open_streams == 1)
             (stream,) = list(hub._service)
             stream.cut = True
             hub._end(stream)
@@ -126,25 +108,35 @@ async def test_a_cut_stream_ends_its_http_response_at_once(
             assert time.monotonic() - started < 1
 
 
+async def test_a_client_that_goes_away_frees_its_stream_at_once(
+    database_url: str, migration_url: str
+) -> None:
+    settings = _settings(database_url, migration_url, sse_ping_s=600)
+    async with served(settings) as (live, http):
+        hub: EventHub = live.app.state.event_hub
+        sid = (await create_session(http))["session_id"]
+        async with open_stream(http, f"{API}/sessions/{sid}/events"):
+            assert hub.open_streams == 1
+        # Noticed from the closed connection, not at the next ping (ten minutes away).
+        await until(lambda: hub.open_streams == 0, wait_s=2)
+
+
 async def test_behind_a_pooler_without_a_direct_url_streams_poll_and_say_so(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = make_settings(database_url, **ROOMY_LIMITS, db_pooler="transaction", sse_poll_ms=50)
     assert settings.listen_database is None
     with caplog.at_level(logging.WARNING, logger="app.events"):
-        async with (
-            live_server(settings) as live,
-            httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
-        ):
+        async with served(settings) as (live, http):
             assert any("events_polling" in record.message for record in caplog.records)
             hub: EventHub = live.app.state.event_hub
             assert hub.listen_target is None
-            sid = (await _session(http))["session_id"]
+            sid = (await create_session(http))["session_id"]
             async with (
                 open_stream(http, f"{API}/sessions/{sid}/events") as member,
                 open_stream(http, f"{API}/events?types=message.created", SERVICE_HEADERS) as staff,
             ):
-                message = await _say(http, sid, "polled")
+                message = await say(http, sid, "polled")
                 assert (await member.next_event()).json() == message
                 while (event := (await staff.next_event()).json())["conversation_id"] != (
                     message["conversation_id"]
@@ -170,25 +162,20 @@ async def _terminate(url: str, pid: int) -> bool:
 async def test_a_killed_listen_connection_reconnects_and_streams_lose_nothing(
     database_url: str, migration_url: str
 ) -> None:
-    settings = make_settings(
-        database_url, **ROOMY_LIMITS, database_migration_url=migration_url, sse_poll_ms=5000
-    )
-    async with (
-        live_server(settings) as live,
-        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
-    ):
+    settings = _settings(database_url, migration_url, sse_poll_ms=5000)
+    async with served(settings) as (live, http):
         hub: EventHub = live.app.state.event_hub
-        await _until(lambda: hub.listening)
-        sid = (await _session(http))["session_id"]
+        await until(lambda: hub.listening)
+        sid = (await create_session(http))["session_id"]
         reconnects = LISTEN_RECONNECTS._value.get()
         async with open_stream(http, f"{API}/sessions/{sid}/events") as reader:
-            before = await _say(http, sid, "before")
+            before = await say(http, sid, "before")
             assert (await reader.next_event()).json() == before
             assert hub._listen_connection is not None
             assert await _terminate(migration_url, hub._listen_connection.get_server_pid())
-            during = [await _say(http, sid, f"during {number}") for number in range(3)]
-            await _until(lambda: LISTEN_RECONNECTS._value.get() == reconnects + 1)
-            after = await _say(http, sid, "after")
+            during = [await say(http, sid, f"during {number}") for number in range(3)]
+            await until(lambda: LISTEN_RECONNECTS._value.get() == reconnects + 1)
+            after = await say(http, sid, "after")
             received = await reader.events(4)
             assert await reader.nothing_within(0.3)
         assert [event.json() for event in received] == [*during, after]
@@ -199,14 +186,11 @@ async def test_a_killed_listen_connection_reconnects_and_streams_lose_nothing(
 async def test_a_resume_point_older_than_retention_starts_with_reset(
     database_url: str, migration_url: str
 ) -> None:
-    settings = make_settings(database_url, **ROOMY_LIMITS, database_migration_url=migration_url)
-    async with (
-        live_server(settings) as live,
-        httpx.AsyncClient(base_url=live.base_url, timeout=30) as http,
-    ):
-        sid = (await _session(http))["session_id"]
+    settings = _settings(database_url, migration_url)
+    async with served(settings) as (live, http):
+        sid = (await create_session(http))["session_id"]
         async with open_stream(http, f"{API}/events?types=message.created", SERVICE_HEADERS) as r:
-            await _say(http, sid, "old news")
+            await say(http, sid, "old news")
             old = await r.next_event()
         connection = await asyncpg.connect(asyncpg_dsn(migration_url))
         try:
@@ -218,11 +202,11 @@ async def test_a_resume_point_older_than_retention_starts_with_reset(
         finally:
             await connection.close()
         assert await purge_expired(live.app.state.sessionmaker, settings, batch=2) >= 1
-        await _say(http, sid, "after the purge")
+        await say(http, sid, "after the purge")
         headers = {**SERVICE_HEADERS, "Last-Event-ID": "0"}
         async with open_stream(http, f"{API}/events?types=message.created", headers) as reader:
             reset = await reader.next_event()
-            fresh = await _say(http, sid, "fresh")
+            fresh = await say(http, sid, "fresh")
             following = [await reader.next_event()]
             while following[-1].json()["message"] != fresh:
                 following.append(await reader.next_event())
@@ -286,17 +270,12 @@ def test_sigterm_ends_open_streams_within_two_seconds(migration_url: str, tmp_pa
         assert process.wait(timeout=10) == 0
 
 
-async def test_a_write_through_one_server_reaches_streams_on_another(
-    database_url: str, migration_url: str
-) -> None:
-    settings = make_settings(database_url, **ROOMY_LIMITS, database_migration_url=migration_url)
+async def _a_write_through_one_reaches_the_others_streams(writer_url: str, reader_url: str) -> None:
     async with (
-        live_server(settings) as first,
-        live_server(settings) as second,
-        httpx.AsyncClient(base_url=first.base_url, timeout=30) as writer,
-        httpx.AsyncClient(base_url=second.base_url, timeout=30) as reader_http,
+        httpx.AsyncClient(base_url=writer_url, timeout=30) as writer,
+        httpx.AsyncClient(base_url=reader_url, timeout=30) as reader_http,
     ):
-        session = await _session(writer)
+        session = await create_session(writer)
         sid = session["session_id"]
         async with (
             open_stream(reader_http, f"{API}/sessions/{sid}/events") as member,
@@ -304,10 +283,27 @@ async def test_a_write_through_one_server_reaches_streams_on_another(
                 reader_http, f"{API}/events?types=message.created", SERVICE_HEADERS
             ) as staff,
         ):
-            message = await _say(writer, sid, "across processes")
-            assert (await member.next_event()).json() == message
-            while (event := (await staff.next_event()).json())["conversation_id"] != (
-                session["conversation_id"]
-            ):
-                pass
-            assert event["message"] == message
+            message = await say(writer, sid, "across servers")
+            assert (await member.next_event(10)).json() == message
+            (event,) = await own_events(staff, session["conversation_id"], 1)
+            assert event.json()["message"] == message
+
+
+async def test_a_write_through_one_server_reaches_streams_on_another(
+    database_url: str, migration_url: str
+) -> None:
+    settings = _settings(database_url, migration_url)
+    async with live_server(settings) as first, live_server(settings) as second:
+        await _a_write_through_one_reaches_the_others_streams(first.base_url, second.base_url)
+
+
+@pytest.mark.slow
+def test_two_serve_processes_on_one_database_carry_a_write_to_the_others_streams(
+    migration_url: str, tmp_path: Path
+) -> None:
+    # Direct URLs, as the other serve tests: each process holds its own LISTEN connection.
+    with (
+        running_server(migration_url, tmp_path) as (_, first_url),
+        running_server(migration_url, tmp_path) as (_, second_url),
+    ):
+        asyncio.run(_a_write_through_one_reaches_the_others_streams(first_url, second_url))

@@ -1,15 +1,26 @@
-"""The hot-path layer answers exactly as the FastAPI routes do, and hands over the rest."""
+"""The hot-path layer answers exactly as the FastAPI routes do, and hands over the rest.
+
+The member route tests (marked `both_paths`) already run every member rule both ways;
+these cases add the byte-for-byte comparison of the same request answered each way,
+the hand-over counts, and the HOT_PATHS switch."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
+from conftest import make_settings
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.fastpath import HotPaths
+from app.db import get_read_session, get_session
+from app.main import create_app
+from app.settings import Settings
 
 BASE = "/api/v1/sessions"
 
@@ -21,10 +32,10 @@ async def both(
     """The committed client, and a switch for the hot-path layer."""
     if app.state.settings.transaction_pooler:
         pytest.skip("the hot-path layer stands aside behind a transaction pooler")
-    original = app.state.hot_paths
+    original = app.state.hot_connection
 
     def switch(enabled: bool) -> None:
-        app.state.hot_paths = enabled
+        app.state.hot_connection = original if enabled else None
 
     try:
         yield committed_client, switch
@@ -56,11 +67,6 @@ async def _session_with_history(client: httpx.AsyncClient, count: int) -> str:
         )
         assert response.status_code == 201
     return str(session_id)
-
-
-def test_the_layer_is_installed(app: FastAPI) -> None:
-    layers = [middleware.cls for middleware in app.user_middleware]
-    assert HotPaths in layers
 
 
 async def test_a_session_reads_the_same_both_ways(both: Any) -> None:
@@ -191,8 +197,138 @@ async def test_an_archived_conversation_refuses_through_the_layer(
     assert response.status_code == 409
 
 
-async def test_the_layer_stands_aside_behind_a_transaction_pooler(app: FastAPI) -> None:
-    if app.state.settings.transaction_pooler:
-        assert app.state.hot_paths is False
-    else:
-        assert app.state.hot_paths is True
+@contextlib.asynccontextmanager
+async def _own_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    application = create_app(settings)
+    transport = httpx.ASGITransport(app=application)
+    async with (
+        LifespanManager(application),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        yield application, client
+
+
+HANDOVER_REASONS = (
+    "invalid_query",
+    "invalid_body",
+    "content_type",
+    "headers",
+    "client_abort",
+    "transaction_conflict",
+)
+
+
+def hot_path_errors(error_type: str) -> float:
+    return REGISTRY.get_sample_value("hot_path_errors_total", {"error_type": error_type}) or 0.0
+
+
+def handovers(reason: str) -> float:
+    return REGISTRY.get_sample_value("hot_path_handovers_total", {"reason": reason}) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("reason", "method", "tail", "kwargs"),
+    [
+        ("invalid_query", "GET", "/messages?limit=0", {}),
+        ("invalid_body", "POST", "/messages", {"json": {"content": " "}}),
+        ("content_type", "POST", "/messages", {"content": b"hi"}),
+        (
+            "headers",
+            "POST",
+            "/messages",
+            {"json": {"content": "hi"}, "headers": [("Idempotency-Key", "a")] * 2},
+        ),
+    ],
+)
+async def test_each_hand_over_is_counted_by_reason(
+    both: Any, reason: str, method: str, tail: str, kwargs: dict[str, Any]
+) -> None:
+    session_id = await _session_with_history(both[0], 0)
+    before = handovers(reason)
+    await both[0].request(method, f"{BASE}/{session_id}{tail}", **kwargs)
+    assert handovers(reason) == before + 1
+
+
+async def test_a_plain_request_is_answered_without_fastapi(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layer really serves: FastAPI's database dependency is never asked for."""
+    settings = make_settings(database_url)
+    if not settings.hot_paths_active:
+        pytest.skip("the hot-path layer stands aside behind a transaction pooler")
+    framework_requests: list[str] = []
+    async with _own_app(settings) as (application, client):
+        session_id = (await client.post(BASE)).json()["session_id"]
+
+        async def counting_session() -> AsyncIterator[Any]:
+            framework_requests.append("session")
+            async with application.state.sessionmaker.begin() as session:
+                yield session
+
+        application.dependency_overrides[get_session] = counting_session
+        application.dependency_overrides[get_read_session] = counting_session
+        sent = await client.post(f"{BASE}/{session_id}/messages", json={"content": "hi"})
+        read = await client.get(f"{BASE}/{session_id}")
+        page = await client.get(f"{BASE}/{session_id}/messages?limit=5")
+        assert (sent.status_code, read.status_code, page.status_code) == (201, 200, 200)
+        assert framework_requests == []
+        refused = await client.get(f"{BASE}/{session_id}/messages?limit=0")
+        assert refused.status_code == 422
+        assert framework_requests == ["session"]
+
+
+async def test_hot_paths_off_hands_everything_to_fastapi(database_url: str) -> None:
+    settings = make_settings(database_url, hot_paths=False)
+    assert settings.hot_paths_active is False
+    async with _own_app(settings) as (application, client):
+        assert application.state.hot_connection is None
+        session_id = (await client.post(BASE)).json()["session_id"]
+        before = handovers("invalid_query")
+        assert (await client.get(f"{BASE}/{session_id}/messages?limit=0")).status_code == 422
+        assert handovers("invalid_query") == before  # not a hand-over: never taken
+
+
+def test_the_layer_stands_aside_behind_a_transaction_pooler(database_url: str) -> None:
+    assert make_settings(database_url, db_pooler="transaction").hot_paths_active is False
+    assert make_settings(database_url, db_pooler="direct").hot_paths_active is True
+    assert (
+        make_settings(database_url, db_pooler="direct", hot_paths=False).hot_paths_active is False
+    )
+
+
+_REFUSING_TRIGGER = (
+    """
+    CREATE FUNCTION test_refuse_message() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.content = 'refuse me' THEN
+            RAISE EXCEPTION 'refused by a test trigger' USING ERRCODE = 'check_violation';
+        END IF;
+        RETURN NEW;
+    END $$
+    """,
+    """
+    CREATE TRIGGER test_refuse_message BEFORE INSERT ON messages
+    FOR EACH ROW EXECUTE FUNCTION test_refuse_message()
+    """,
+)
+
+
+@pytest.mark.parametrize("hot_paths", [True, False], ids=["hot", "fastapi"], indirect=True)
+async def test_a_database_refusal_gets_the_one_sqlstate_mapping_on_both_paths(
+    app: FastAPI, client: httpx.AsyncClient, connection: AsyncConnection, hot_paths: bool
+) -> None:
+    """A database error that is not an outage: the same 422 either way, and the layer
+    counts it as an error of its own (never replayed through FastAPI)."""
+    for statement in _REFUSING_TRIGGER:  # in the test's transaction: rolled back after
+        await connection.exec_driver_sql(statement)
+    session_id = (await client.post(BASE)).json()["session_id"]
+    served_by_layer = app.state.hot_connection is not None  # off: param, or a pooler
+    errors_before = hot_path_errors("CheckViolationError")
+    handovers_before = sum(handovers(reason) for reason in HANDOVER_REASONS)
+    refused = await client.post(f"{BASE}/{session_id}/messages", json={"content": "refuse me"})
+    assert refused.status_code == 422
+    assert refused.json() == {"detail": "Value not accepted by the database"}
+    assert hot_path_errors("CheckViolationError") == errors_before + served_by_layer
+    assert sum(handovers(reason) for reason in HANDOVER_REASONS) == handovers_before
+    history = await client.get(f"{BASE}/{session_id}/messages")
+    assert history.json()["items"] == []

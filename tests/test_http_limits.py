@@ -95,7 +95,9 @@ def test_the_limits_have_bounded_defaults() -> None:
         defaults.http_header_timeout_s,
         defaults.http_keep_alive_s,
         defaults.http_limit_concurrency,
-    ) == (16_384, 10, 5, 512)
+    ) == (16_384, 10, 5, 1536)
+    # A worker holds its most open event streams and requests beside them.
+    assert defaults.http_limit_concurrency >= defaults.sse_max_streams + 512
 
 
 def _response(connection: socket.socket) -> bytes:

@@ -13,9 +13,12 @@ from conftest import make_settings, started_client
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.main import MAX_BODY_BYTES
+from app.middleware import MAX_BODY_BYTES
 from app.repositories.escalations import CONTEXT_MAX_BYTES
 from app.schemas import CONTACT_INFO_MAX_BYTES
+
+# Every test here runs with the hot-path layer on and with it off (tests/conftest.py).
+pytestmark = pytest.mark.both_paths
 
 
 async def _open_session(client: httpx.AsyncClient) -> dict[str, str]:

@@ -213,3 +213,21 @@ async def test_purging_keeps_a_user_who_still_has_a_conversation(db: AsyncSessio
     )
     assert shared is not None
     assert await db.get(User, shared, populate_existing=True) is not None
+
+
+async def _open(db: AsyncSession, session_id: str) -> None:
+    await conversations.open_session(
+        db, session_id=session_id, contact={"name": None, "email": None, "phone": None}
+    )
+
+
+async def test_session_read_returns_the_member_view(db: AsyncSession) -> None:
+    await _open(db, "hot-path-read-000001")
+    row = await conversations.get_session(db, session_id="hot-path-read-000001")
+    assert (row.session_id, row.status) == ("hot-path-read-000001", "active")
+    assert row.created_at.tzinfo is not None
+
+
+async def test_session_read_of_an_unknown_id_is_not_found(db: AsyncSession) -> None:
+    with pytest.raises(NotFound):
+        await conversations.get_session(db, session_id="hot-path-missing-0001")

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.errors import Conflict, NotFound, Unprocessable
 from app.models import Message
@@ -253,3 +253,52 @@ async def test_a_long_transcript_loses_its_oldest_text_first(db: AsyncSession) -
     assert len(transcript.encode()) <= 101
     assert transcript.endswith("user: newest words")
     assert transcript.startswith("é")  # a split character is dropped whole
+
+
+async def _open(db: AsyncSession, session_id: str) -> None:
+    await conversations.open_session(
+        db, session_id=session_id, contact={"name": None, "email": None, "phone": None}
+    )
+
+
+async def test_seq_trigger_probes_the_conversation_index_not_the_whole_table(
+    connection: AsyncConnection,
+) -> None:
+    body = await connection.scalar(
+        text("SELECT prosrc FROM pg_proc WHERE proname = 'messages_assign_seq'")
+    )
+    assert "IS NOT DISTINCT FROM" not in body
+    assert "conversation_id = NEW.conversation_id" in body
+
+
+async def test_messages_without_a_conversation_get_their_own_sequence(
+    connection: AsyncConnection,
+) -> None:
+    seqs = (
+        await connection.execute(
+            text(
+                "INSERT INTO messages (conversation_id, role, content) "
+                "VALUES (NULL, 'user', 'a'), (NULL, 'user', 'b') RETURNING seq"
+            )
+        )
+    ).scalars()
+    first, second = sorted(seqs)
+    assert second == first + 1
+
+
+async def test_seq_keeps_counting_per_conversation(db: AsyncSession) -> None:
+    await _open(db, "hot-path-seq-0000001")
+    await _open(db, "hot-path-seq-0000002")
+    for session_id in ("hot-path-seq-0000001", "hot-path-seq-0000002", "hot-path-seq-0000001"):
+        await messages.append(db, session_id=session_id, role="user", content="hi")
+    items, _ = await messages.page(db, session_id="hot-path-seq-0000001", limit=10)
+    assert [item.seq for item in items] == [1, 2]
+
+
+async def test_history_by_conversation_id_reads_the_same_messages(db: AsyncSession) -> None:
+    await _open(db, "hot-path-byid-000001")
+    created, _ = await messages.append(
+        db, session_id="hot-path-byid-000001", role="user", content="hello"
+    )
+    items, has_more = await messages.page(db, conversation_id=created.conversation_id, limit=5)
+    assert ([item.id for item in items], has_more) == ([created.id], False)

@@ -7,19 +7,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 
+from app.api import answers
 from app.api.deps import (
     ActorDep,
+    HistoryQueryDep,
+    IdempotencyKey,
+    Limit,
     SettingsDep,
     StrictJSONRoute,
     check_content_length,
-    check_exclusive_cursors,
     error_responses,
     require_service_key,
 )
-from app.api.sessions import IdempotencyKey, Limit, SeqCursor
-from app.db import SessionDep
+from app.db import ReadSessionDep, SessionDep
 from app.errors import Unprocessable
-from app.repositories import conversations, escalations, messages
+from app.repositories import conversations, escalations
 from app.schemas import (
     Conversation,
     ConversationPage,
@@ -29,6 +31,7 @@ from app.schemas import (
     MessagePage,
     ServiceMessageCreate,
 )
+from app.serialize import MESSAGE, JSONBytes
 
 router = APIRouter(
     prefix="/conversations",
@@ -47,13 +50,13 @@ router = APIRouter(
         **error_responses(404, 409),
     },
     summary="Write a message (assistant and staff replies)",
+    response_model=Message,
 )
 async def write_message(
     db: SessionDep,
     settings: SettingsDep,
     conversation_id: uuid.UUID,
     body: ServiceMessageCreate,
-    response: Response,
     actor: ActorDep,
     idempotency_key: IdempotencyKey = None,
     staff_id: Annotated[
@@ -63,7 +66,7 @@ async def write_message(
             description="With role `staff`: the active staff member who writes the reply",
         ),
     ] = None,
-) -> Message:
+) -> Response:
     """Append a `user`, `assistant` or `staff` message, with the member route's rules.
 
     A `staff` message (the human handoff) needs `X-Staff-Id` naming an active staff
@@ -85,9 +88,7 @@ async def write_message(
         redact_kinds=settings.redact,
         agent_events=settings.agent_webhook_enabled,
     )
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    return Message.model_validate(row)
+    return JSONBytes(MESSAGE.json(row), status_code=201 if created else 200)
 
 
 @router.get("", summary="List conversations by last activity")
@@ -117,20 +118,13 @@ async def read_conversation(db: SessionDep, conversation_id: uuid.UUID) -> Conve
     "/{conversation_id}/messages",
     responses=error_responses(404),
     summary="Read a conversation's history",
+    response_model=MessagePage,
 )
 async def read_messages(
-    db: SessionDep,
-    conversation_id: uuid.UUID,
-    limit: Limit = 50,
-    before: SeqCursor = None,
-    after: SeqCursor = None,
-) -> MessagePage:
+    db: ReadSessionDep, conversation_id: uuid.UUID, query: HistoryQueryDep
+) -> Response:
     """The member route's paging, for any conversation."""
-    check_exclusive_cursors(before, after)
-    items, has_more = await messages.page(
-        db, conversation_id=conversation_id, limit=limit, before=before, after=after
-    )
-    return MessagePage(items=[Message.model_validate(item) for item in items], has_more=has_more)
+    return await answers.read_history(db, query, conversation_id=conversation_id)
 
 
 @router.patch(

@@ -7,10 +7,12 @@ import re
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path, Request, Response
+from fastapi import Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field, StringConstraints, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from app import jsonbody
 from app.errors import NotFound
@@ -40,7 +42,7 @@ async def require_service_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """Admit a request only with `Authorization: Bearer <one of API_KEYS>`."""
-    if request.scope.get("service_key_checked"):  # already done by StrictJSONRoute
+    if getattr(request.state, "actor", None) is not None:  # checked by StrictJSONRoute
         return
     if credentials is None:
         raise _unauthorized("Missing bearer token")
@@ -56,7 +58,6 @@ async def require_service_key(
     # The key's name (never the key) is who did it: in the log lines and audit rows.
     request.state.actor = actor
     actor_var.set(actor)
-    request.scope["service_key_checked"] = True
 
 
 def request_actor(request: Request) -> str:
@@ -108,20 +109,6 @@ def check_issue_type(settings: Settings, issue_type: str) -> None:
         )
 
 
-def check_exclusive_cursors(before: int | None, after: int | None) -> None:
-    """`before` and `after` page in opposite directions; both at once is a client error."""
-    if before is not None and after is not None:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "value_error",
-                    "loc": ("query", "before"),
-                    "msg": "give at most one of before, after",
-                }
-            ]
-        )
-
-
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error codes a route can answer."""
     descriptions = {
@@ -139,6 +126,18 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+class StrictJSONRequest(Request):
+    """A request whose JSON body was already parsed by StrictJSONRoute's rules.
+
+    FastAPI reads a JSON body through `Request.json()`; overriding it (the custom
+    Request class pattern of FastAPI's documentation) hands it the strict parse."""
+
+    parsed: Any = None
+
+    async def json(self) -> Any:
+        return self.parsed
+
+
 class StrictJSONRoute(APIRoute):
     """Parses JSON bodies strictly (app.jsonbody: no NaN/Infinity, valid UTF-8, at most
     32 levels deep) under exactly one JSON Content-Type."""
@@ -153,24 +152,21 @@ class StrictJSONRoute(APIRoute):
         )
 
         async def strict_handler(request: Request) -> Response:
+            strict = StrictJSONRequest(request.scope, request.receive)
             if guarded:
                 # The key first: a caller without one learns nothing about body rules (401,
                 # not 415/422), as for every other service request.
-                await require_service_key(request, await _bearer(request))
-            body = await request.body()
+                await require_service_key(strict, await _bearer(strict))
+            body = await strict.body()
             if body:
-                content_types = request.headers.getlist("content-type") or [""]
-                media_type = content_types[0].split(";", 1)[0].strip().lower()
-                if len(content_types) != 1 or not (
-                    media_type == "application/json" or media_type.endswith("+json")
-                ):
+                if not jsonbody.is_json(strict.headers.getlist("content-type")):
                     # One Content-Type, JSON: two would be read differently by
                     # different layers (first or last), so neither is trusted.
                     raise HTTPException(
                         status_code=415, detail="Send the body as application/json, once"
                     )
                 try:
-                    request._json = jsonbody.loads(body)
+                    strict.parsed = jsonbody.loads(body)
                 except jsonbody.JSONInvalid:
                     raise RequestValidationError(
                         [{"type": "json_invalid", "loc": ("body",), "msg": "Invalid JSON"}]
@@ -185,6 +181,43 @@ class StrictJSONRoute(APIRoute):
                             }
                         ]
                     ) from None
-            return await handler(request)
+            return await handler(strict)
 
         return strict_handler
+
+
+# The parameters several routes share, declared once.
+IdempotencyKeyValue = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+IdempotencyKey = Annotated[
+    IdempotencyKeyValue | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Retry-safe sends: a repeat with the same key and content returns the "
+        "original message with 200 and stores nothing.",
+    ),
+]
+Limit = Annotated[int, Query(ge=1, le=200, description="Page size")]
+
+
+class HistoryQuery(BaseModel):
+    """The query of a page of message history, for the FastAPI routes and the hot-path
+    layer alike (which validates the same query string with it)."""
+
+    limit: int = Field(default=50, ge=1, le=200, description="Page size")
+    before: int | None = Field(
+        default=None, ge=0, le=2**63 - 1, description="Only messages with a smaller seq"
+    )
+    after: int | None = Field(
+        default=None, ge=0, le=2**63 - 1, description="Only messages with a larger seq"
+    )
+
+    @field_validator("after")
+    @classmethod
+    def _one_direction(cls, after: int | None, info: ValidationInfo) -> int | None:
+        # `before` and `after` page in opposite directions; both at once is a client error.
+        if after is not None and info.data.get("before") is not None:
+            raise PydanticCustomError("value_error", "give at most one of before, after")
+        return after
+
+
+HistoryQueryDep = Annotated[HistoryQuery, Query()]

@@ -7,8 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 
-from app.api.deps import ActorDep, StrictJSONRoute, error_responses, require_service_key
-from app.api.sessions import Limit
+from app.api.deps import ActorDep, Limit, StrictJSONRoute, error_responses, require_service_key
 from app.db import SessionDep
 from app.repositories import audit, escalations
 from app.schemas import (

@@ -6,11 +6,9 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.types import Receive, Scope, Send
+from sse_starlette import ServerSentEvent
 
 from app.api.deps import SessionIdDep, error_responses, require_service_key
 from app.event_schemas import MEMBER_EVENTS, SERVICE_EVENTS, ResetData, openapi_stream
@@ -18,6 +16,7 @@ from app.events import (
     EVENT_TYPES,
     EVENTS_SENT,
     EventHub,
+    Ping,
     Stream,
     TooManyStreams,
     load_events,
@@ -25,7 +24,7 @@ from app.events import (
 from app.repositories import conversations
 from app.repositories import events as event_log
 from app.schemas import Message
-from app.settings import Settings
+from app.sse import PING_EVENT, StreamResponse, frame
 
 router = APIRouter(tags=["events"])
 
@@ -77,36 +76,9 @@ def _open(hub: EventHub, **options: Any) -> Stream:
         ) from None
 
 
-class StreamResponse(EventSourceResponse):
-    """An EventSourceResponse that the hub can end (EventHub._end): a cut stream (its
-    client stopped reading, so a send may never return) is torn down at once; at
-    shutdown the body gets a moment to finish on its own first."""
-
-    def __init__(self, content: AsyncIterator[ServerSentEvent], stream: Stream, hub: EventHub):
-        settings: Settings = hub.settings
-        super().__init__(
-            content,
-            ping=settings.sse_ping_s,
-            ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
-            sep="\n",
-            headers={"Cache-Control": "no-cache"},
-        )
-        self.stream = stream
-        self.hub = hub
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # A cancel scope rather than a watcher task: one task fewer per open stream.
-        with anyio.CancelScope() as cancel_scope:
-            self.stream.cancel = cancel_scope.cancel
-            try:
-                await super().__call__(scope, receive, send)
-            finally:
-                self.hub.close(self.stream)
-
-
 def _message_event(row: Any) -> ServerSentEvent:
     data = Message.model_validate(row).model_dump_json()
-    return ServerSentEvent(data=data, event="message", id=str(row.seq), sep="\n")
+    return frame(data=data, event="message", id=str(row.seq))
 
 
 EVENTS_DESCRIPTION = (
@@ -143,20 +115,26 @@ async def session_events(
     async with request.app.state.sessionmaker() as session, session.begin():
         conversation_id = await conversations.get_id_by_session(session, session_id=session_id)
     stream = _open(hub, kind="member", conversation_id=conversation_id)
+    if resume is None:
+        # The start is fixed before the client sees the stream open (and after it
+        # registered, so nothing written from here on is missed): a message written once
+        # the client has its 200 is always after it, however late the body first runs.
+        try:
+            async with request.app.state.sessionmaker() as session, session.begin():
+                resume = await event_log.last_seq(session, conversation_id=conversation_id)
+        except BaseException:
+            hub.close(stream)
+            raise
     return StreamResponse(_member_body(request, stream, conversation_id, resume), stream, hub)
 
 
 async def _member_body(
-    request: Request, stream: Stream, conversation_id: uuid.UUID, resume: int | None
+    request: Request, stream: Stream, conversation_id: uuid.UUID, resume: int
 ) -> AsyncIterator[ServerSentEvent]:
     sessionmaker = request.app.state.sessionmaker
-    yield ServerSentEvent(retry=RETRY_MS, sep="\n")
-    if resume is None:
-        # Read after the stream registered: nothing written after this is missed.
-        async with sessionmaker() as session, session.begin():
-            last = await event_log.last_seq(session, conversation_id=conversation_id)
-    else:
-        last = resume
+    ping_s = _hub(request).settings.sse_ping_s
+    yield frame(retry=RETRY_MS)
+    last = resume
     catch_up = True
     while True:
         if catch_up:
@@ -174,20 +152,23 @@ async def _member_body(
                     last = row.seq
                 if len(rows) < CATCH_UP_BATCH:
                     break
-        event = await stream.next()
+        event = await stream.next(ping_s)
         if event is None:
             return
+        if isinstance(event, Ping):
+            yield PING_EVENT
+            continue
         if event.type == "message.created":
             if event.message is not None and event.message[0] == last + 1:
                 # The next message, serialised once for every stream: no query needed.
                 last, data = event.message
-                yield ServerSentEvent(data=data, event="message", id=str(last), sep="\n")
+                yield frame(data=data, event="message", id=str(last))
                 EVENTS_SENT.labels("member").inc()
             elif event.message is None or event.message[0] > last:
                 catch_up = True  # out of order or erased: read seq > last from the table
         elif event.member_event is not None:
             name, data = event.member_event
-            yield ServerSentEvent(data=data, event=name, sep="\n")
+            yield frame(data=data, event=name)
             EVENTS_SENT.labels("member").inc()
 
 
@@ -247,7 +228,8 @@ async def _service_body(
     request: Request, stream: Stream, types: frozenset[str] | None, resume: int | None
 ) -> AsyncIterator[ServerSentEvent]:
     sessionmaker = request.app.state.sessionmaker
-    yield ServerSentEvent(retry=RETRY_MS, sep="\n")
+    ping_s = _hub(request).settings.sse_ping_s
+    yield frame(retry=RETRY_MS)
     last = stream.opened_at_position
     if resume is not None:
         last = resume
@@ -258,9 +240,7 @@ async def _service_body(
         # must refetch its state, then follows from the newest position.
         if (oldest is None and resume < newest) or (oldest is not None and resume + 1 < oldest):
             last = newest
-            yield ServerSentEvent(
-                data=ResetData().model_dump_json(), event="reset", id=str(newest), sep="\n"
-            )
+            yield frame(data=ResetData().model_dump_json(), event="reset", id=str(newest))
             EVENTS_SENT.labels("service").inc()
         while True:
             async with sessionmaker() as session, session.begin():
@@ -270,22 +250,21 @@ async def _service_body(
                 built = await load_events(session, rows)
             for event in built:
                 if event.service_data is not None:
-                    yield ServerSentEvent(
-                        data=event.service_data, event=event.type, id=str(event.position), sep="\n"
-                    )
+                    yield frame(data=event.service_data, event=event.type, id=str(event.position))
                     EVENTS_SENT.labels("service").inc()
             if rows:
                 last = rows[-1].position
             if len(rows) < CATCH_UP_BATCH:
                 break
     while True:
-        live = await stream.next()
+        live = await stream.next(ping_s)
         if live is None:
             return
+        if isinstance(live, Ping):
+            yield PING_EVENT
+            continue
         if live.position is None or live.position <= last or live.service_data is None:
             continue  # already sent while catching up
         last = live.position
-        yield ServerSentEvent(
-            data=live.service_data, event=live.type, id=str(live.position), sep="\n"
-        )
+        yield frame(data=live.service_data, event=live.type, id=str(live.position))
         EVENTS_SENT.labels("service").inc()

@@ -7,8 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from app.api.deps import error_responses, require_service_key
-from app.api.sessions import Limit
+from app.api.deps import Limit, error_responses, require_service_key
 from app.db import SessionDep
 from app.repositories import notifications
 from app.schemas import Notification, NotificationPage, NotificationStatus

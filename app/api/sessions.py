@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Response, status
 
 from app import identity
+from app.api import answers
 from app.api.deps import (
+    HistoryQueryDep,
+    IdempotencyKey,
     SessionIdDep,
     SettingsDep,
     StrictJSONRoute,
     check_content_length,
-    check_exclusive_cursors,
     check_issue_type,
     error_responses,
 )
-from app.db import SessionDep
-from app.repositories import conversations, escalations, messages, users
+from app.db import ReadSessionDep, SessionDep
+from app.repositories import conversations, escalations, users
 from app.schemas import (
     ContactUpdate,
     EscalationCreate,
@@ -30,21 +30,9 @@ from app.schemas import (
     Session,
     SessionCreate,
 )
+from app.serialize import SESSION, JSONBytes
 
 router = APIRouter(prefix="/sessions", tags=["member"], route_class=StrictJSONRoute)
-
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        description="Retry-safe sends: a repeat with the same key and content returns the "
-        "original message with 200 and stores nothing.",
-    ),
-]
-Limit = Annotated[int, Query(ge=1, le=200, description="Page size")]
-SeqCursor = Annotated[int | None, Query(ge=0, le=2**63 - 1)]
 
 
 @router.post(
@@ -55,10 +43,11 @@ SeqCursor = Annotated[int | None, Query(ge=0, le=2**63 - 1)]
         **error_responses(401),
     },
     summary="Open a session (or resume one by id)",
+    response_model=Session,
 )
 async def open_session(
-    db: SessionDep, settings: SettingsDep, response: Response, body: SessionCreate | None = None
-) -> Session:
+    db: SessionDep, settings: SettingsDep, body: SessionCreate | None = None
+) -> Response:
     """Create an anonymous user and a conversation; an existing `session_id` → 200, unchanged.
 
     With a valid `identity` the conversation belongs to that member's verified user
@@ -69,15 +58,18 @@ async def open_session(
     row, created = await conversations.open_session(
         db, session_id=request.session_id, contact=contact, verified_email=email
     )
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    return Session.model_validate(row)
+    return JSONBytes(SESSION.json(row), status_code=201 if created else 200)
 
 
-@router.get("/{session_id}", responses=error_responses(404), summary="Read a session")
-async def read_session(db: SessionDep, session_id: SessionIdDep) -> Session:
+@router.get(
+    "/{session_id}",
+    responses=error_responses(404),
+    summary="Read a session",
+    response_model=Session,
+)
+async def read_session(db: ReadSessionDep, session_id: SessionIdDep) -> Response:
     """The session's conversation and its status."""
-    return Session.model_validate(await conversations.get_session(db, session_id=session_id))
+    return await answers.read_session(db, session_id=session_id)
 
 
 @router.patch(
@@ -99,10 +91,11 @@ async def update_contact(db: SessionDep, session_id: SessionIdDep, body: Contact
     "/{session_id}/identity",
     responses=error_responses(401, 404),
     summary="Verify the member's identity",
+    response_model=Session,
 )
 async def verify_identity(
     db: SessionDep, settings: SettingsDep, session_id: SessionIdDep, body: IdentityAttach
-) -> Session:
+) -> Response:
     """Attach this conversation to the verified user of a signed email (created if new).
 
     Nothing of that user is returned. A wrong signature → 401 and nothing changes;
@@ -110,7 +103,7 @@ async def verify_identity(
     email = identity.verified_email(settings, body.identity)
     conversation_id = await conversations.get_id_by_session(db, session_id=session_id)
     await users.attach_verified(db, conversation_id=conversation_id, email=email)
-    return Session.model_validate(await conversations.get_session(db, session_id=session_id))
+    return JSONBytes(SESSION.json(await conversations.get_session(db, session_id=session_id)))
 
 
 @router.post(
@@ -121,51 +114,38 @@ async def verify_identity(
         **error_responses(404, 409, 429),
     },
     summary="Send a member message",
+    response_model=Message,
 )
 async def send_message(
     db: SessionDep,
     settings: SettingsDep,
     session_id: SessionIdDep,
     body: MessageCreate,
-    response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> Message:
+) -> Response:
     """Append a `user` message. Archived conversations refuse new messages (409); more
     than MEMBER_MESSAGES_PER_MINUTE in a minute → 429 (a replay does not count)."""
     check_content_length(settings, body.content)
-    row, created = await messages.append(
+    return await answers.send_member_message(
         db,
+        settings,
         session_id=session_id,
-        role="user",
         content=body.content,
         idempotency_key=idempotency_key,
-        redact_kinds=settings.redact,
-        per_minute=settings.member_messages_per_minute,
-        agent_events=settings.agent_webhook_enabled,
     )
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    return Message.model_validate(row)
 
 
 @router.get(
     "/{session_id}/messages",
     responses=error_responses(404),
     summary="Read message history",
+    response_model=MessagePage,
 )
 async def read_messages(
-    db: SessionDep,
-    session_id: SessionIdDep,
-    limit: Limit = 50,
-    before: SeqCursor = None,
-    after: SeqCursor = None,
-) -> MessagePage:
+    db: ReadSessionDep, session_id: SessionIdDep, query: HistoryQueryDep
+) -> Response:
     """Oldest first. No cursor: the latest `limit`; `before=S`: older than S; `after=S`: newer."""
-    check_exclusive_cursors(before, after)
-    items, has_more = await messages.page(
-        db, session_id=session_id, limit=limit, before=before, after=after
-    )
-    return MessagePage(items=[Message.model_validate(item) for item in items], has_more=has_more)
+    return await answers.read_history(db, query, session_id=session_id)
 
 
 @router.post(

@@ -269,7 +269,7 @@ async def _case(
                 assignee_ids.add(uuid.UUID(value))
     people = await console.display_names(db, staff_ids=assignee_ids)
     now = datetime.now(UTC)
-    start_seq = items[0].seq if items else None
+    start_seq = items[0]["seq"] if items else None
     return {
         "escalation": escalation,
         "messages": items,
@@ -335,7 +335,7 @@ async def transcript_older(
         "escalation": escalation,
         "messages": items,
         "has_older": has_more,
-        "start_seq": items[0].seq if items else before,
+        "start_seq": items[0]["seq"] if items else before,
     }
     return render(request, "_older.html", context, session)
 

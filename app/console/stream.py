@@ -19,9 +19,10 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from sse_starlette import ServerSentEvent
 
-from app.api.events import RETRY_MS, StreamResponse, _hub, _open
+from app.api.events import RETRY_MS, _hub, _open
 from app.console.auth import StaffSession
-from app.events import EVENTS_SENT, Stream
+from app.events import EVENTS_SENT, Ping, Stream
+from app.sse import PING_EVENT, StreamResponse, frame
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -36,18 +37,22 @@ async def console_events(
     """Escalation changes everywhere; messages and status of `conversation` when given."""
     hub = _hub(request)
     stream = _open(hub, kind="service", types=None, early=True)
-    return StreamResponse(_console_body(stream, conversation), stream, hub)
+    body = _console_body(stream, conversation, hub.settings.sse_ping_s)
+    return StreamResponse(body, stream, hub)
 
 
 async def _console_body(
-    stream: Stream, conversation: uuid.UUID | None
+    stream: Stream, conversation: uuid.UUID | None, ping_s: float
 ) -> AsyncIterator[ServerSentEvent]:
-    yield ServerSentEvent(retry=RETRY_MS, sep="\n")
+    yield frame(retry=RETRY_MS)
     seen: set[int] = set()
     while True:
-        event = await stream.next()
+        event = await stream.next(ping_s)
         if event is None:
             return
+        if isinstance(event, Ping):
+            yield PING_EVENT
+            continue
         if event.log_id in seen:
             if event.position is not None:
                 seen.discard(event.log_id)
@@ -61,5 +66,5 @@ async def _console_body(
             kind != "escalation" and event.conversation_id != conversation
         ):
             continue
-        yield ServerSentEvent(data=event.service_data, event=kind, sep="\n")
+        yield frame(data=event.service_data, event=kind)
         EVENTS_SENT.labels("service").inc()

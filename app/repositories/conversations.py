@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import NotFound
 from app.models import Conversation, Escalation, Message, User
-from app.repositories import Record, users
+from app.repositories import Db, Fields, Record, fetch, users
 from app.repositories.paging import decode_cursor, encode_cursor
 
 SESSION_COLUMNS = (
@@ -55,13 +55,12 @@ FROM conversations WHERE session_id = $1
 """
 
 
-async def get_session(session: AsyncSession, *, session_id: str) -> Record:
+async def get_session(db: Db, *, session_id: str) -> Fields:
     """The member-facing view of a session; NotFound when the id is unknown."""
-    connection = await session.connection()
-    row = (await connection.exec_driver_sql(GET_SESSION_STATEMENT, (session_id,))).one_or_none()
-    if row is None:
+    rows = await fetch(db, GET_SESSION_STATEMENT, session_id)
+    if not rows:
         raise NotFound("Session not found")
-    return row
+    return rows[0]
 
 
 async def get_id_by_session(session: AsyncSession, *, session_id: str) -> uuid.UUID:
@@ -80,7 +79,7 @@ async def open_session(
     session_id: str | None,
     contact: dict[str, str | None],
     verified_email: str | None = None,
-) -> tuple[Record, bool]:
+) -> tuple[Fields, bool]:
     """Create an anonymous user and a conversation, or return the existing session.
 
     One statement inserts both, and ON CONFLICT makes concurrent creators of one
@@ -97,7 +96,7 @@ async def open_session(
             )
         ).one_or_none()
         if existing is not None:
-            return existing, False
+            return existing._mapping, False
     user_id = uuid.uuid4()
     row = (
         await session.execute(
@@ -126,7 +125,7 @@ async def open_session(
         )
     if any(value is not None for value in contact.values()):
         await users.apply_contact(session, conversation_id=row.conversation_id, changes=contact)
-    return row, True
+    return row._mapping, True
 
 
 async def get(session: AsyncSession, *, conversation_id: uuid.UUID) -> Record:

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import Conflict, NotFound, TooManyRequests
 from app.models import Conversation, Escalation
 from app.redact import ALL_KINDS, merge, redact, report
-from app.repositories import Record, audit, messages, notifications, paging, staff, users
+from app.repositories import Fields, audit, messages, notifications, paging, staff, users
 
 CONTEXT_MESSAGES = 20
 CONTEXT_MAX_BYTES = 16 * 1024
@@ -351,7 +351,7 @@ async def append_message(
     idempotency_key: str | None = None,
     redact_kinds: frozenset[str] = ALL_KINDS,
     agent_events: bool = False,
-) -> tuple[Record, bool]:
+) -> tuple[Fields, bool]:
     """Write a service-side message (assistant, user or a staff reply); (message, created).
 
     A staff reply (`staff_id`, an active account) is audited on the conversation's
@@ -375,7 +375,7 @@ async def append_message(
             session,
             conversation_id=conversation_id,
             actor=f"{actor}+staff:{staff_id}",
-            message_seq=row.seq,
+            message_seq=row["seq"],
         )
     return row, created
 

@@ -105,15 +105,38 @@ async def read_after(
 
 
 # MESSAGE_COLUMNS is a constant: one definition of what a Message row holds.
+_UNSEQUENCED_COLUMNS = "id, position, type, conversation_id, subject_id, status, created_at"
 _UNSEQUENCED = text(
-    "SELECT id, position, type, conversation_id, subject_id, status, created_at "
-    "FROM event_log WHERE position IS NULL ORDER BY id LIMIT :limit"
+    f"SELECT {_UNSEQUENCED_COLUMNS} "  # noqa: S608 - a constant column list
+    "FROM event_log WHERE position IS NULL AND conversation_id = ANY(:conversations) "
+    "AND NOT (id = ANY(:seen)) ORDER BY id LIMIT :limit"
+)
+_UNSEQUENCED_ANY = text(
+    f"SELECT {_UNSEQUENCED_COLUMNS} "  # noqa: S608 - a constant column list
+    "FROM event_log WHERE position IS NULL "
+    "AND NOT (id = ANY(:seen)) ORDER BY id LIMIT :limit"
 )
 
 
-async def read_unsequenced(session: AsyncSession, *, limit: int) -> Sequence[Record]:
-    """Committed rows still waiting for a position (the member streams' early look)."""
-    return (await session.execute(_UNSEQUENCED, {"limit": limit})).all()
+async def read_unsequenced(
+    session: AsyncSession,
+    *,
+    conversation_ids: Sequence[uuid.UUID] | None,
+    seen: Sequence[int],
+    limit: int,
+) -> Sequence[Record]:
+    """Committed rows of these conversations still waiting for a position, except the
+    `seen` ones (the member streams' early look). Filtered here, not by the caller, so
+    that rows of other conversations waiting behind a long transaction never fill the
+    batch."""
+    if conversation_ids is None:  # every conversation's (the staff console's early look)
+        result = await session.execute(_UNSEQUENCED_ANY, {"seen": list(seen), "limit": limit})
+    else:
+        result = await session.execute(
+            _UNSEQUENCED,
+            {"conversations": list(conversation_ids), "seen": list(seen), "limit": limit},
+        )
+    return result.all()
 
 
 _MESSAGES_AFTER = text(

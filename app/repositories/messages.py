@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from app.models import Message
 from app.redact import ALL_KINDS, redact, report
-from app.repositories import Record
+from app.repositories import Db, Fields, fetch
 
 # A staff message carries its author's display name (never the email); the CASE skips
 # the lookup for every other message.
@@ -88,6 +88,7 @@ APPEND_BY_SESSION = _APPEND_MEMBER.format(window=RATE_WINDOW, tail=_INSERT_TAIL)
 APPEND_BY_ID = _APPEND.format(tail=_INSERT_TAIL)
 _RETRY_AFTER = """
 SELECT ceil(extract(epoch FROM window_start + interval '{window}' - clock_timestamp()))
+       AS retry_after
 FROM member_message_windows WHERE conversation_id = $1
 """
 _RATE_RETRY_AFTER = _RETRY_AFTER.format(window=RATE_WINDOW)
@@ -100,7 +101,7 @@ _BY_IDEMPOTENCY_KEY = (
 
 
 async def append(
-    session: AsyncSession,
+    db: Db,
     *,
     role: str,
     content: str,
@@ -111,7 +112,7 @@ async def append(
     author_id: uuid.UUID | None = None,
     per_minute: int = UNLIMITED,
     agent_events: bool = False,
-) -> tuple[Record, bool]:
+) -> tuple[Fields, bool]:
     """Append a message to a conversation (by session id or id); returns (message, created).
 
     Card numbers and SSNs (`redact_kinds`) are replaced first, so what is stored and what
@@ -128,40 +129,52 @@ async def append(
     if session_id is not None and author_id is not None:
         raise ValueError("a member's message has no staff author")
     content, redactions = redact(content, redact_kinds)
-    connection = await session.connection()
     if session_id is not None:
-        result = await connection.exec_driver_sql(
+        rows = await fetch(
+            db,
             APPEND_BY_SESSION,
-            (session_id, role, content, idempotency_key, per_minute, agent_events),
+            session_id,
+            role,
+            content,
+            idempotency_key,
+            per_minute,
+            agent_events,
         )
     else:
-        result = await connection.exec_driver_sql(
+        rows = await fetch(
+            db,
             APPEND_BY_ID,
-            (conversation_id, role, content, idempotency_key, author_id, agent_events),
+            conversation_id,
+            role,
+            content,
+            idempotency_key,
+            author_id,
+            agent_events,
         )
-    row = result.one_or_none()
-    if row is None:
+    if not rows:
         raise NotFound("Session not found" if session_id is not None else "Conversation not found")
-    if row.id is not None:
+    row = rows[0]
+    if row["id"] is not None:
         report(redactions, table="messages")
         return row, True
     if idempotency_key is not None:
-        original = (
-            await connection.exec_driver_sql(
-                _BY_IDEMPOTENCY_KEY,
-                (row.found_conversation_id, idempotency_key),
-            )
-        ).one_or_none()
-        if original is not None:
-            if (original.role, original.content, original.author_id) != (role, content, author_id):
+        found = await fetch(db, _BY_IDEMPOTENCY_KEY, row["found_conversation_id"], idempotency_key)
+        if found:
+            original = found[0]
+            if (original["role"], original["content"], original["author_id"]) != (
+                role,
+                content,
+                author_id,
+            ):
                 raise Unprocessable("Idempotency-Key was already used for a different message")
             return original, False
-    if row.conversation_status == "archived" or session_id is None:
+    if row["conversation_status"] == "archived" or session_id is None:
         raise Conflict("The conversation is archived and accepts no new messages")
     # Neither stored, nor a replay, nor archived: the member's window is full.
-    wait = await connection.exec_driver_sql(_RATE_RETRY_AFTER, (row.found_conversation_id,))
+    wait = await fetch(db, _RATE_RETRY_AFTER, row["found_conversation_id"])
     raise TooManyRequests(
-        f"At most {per_minute} messages a minute; try again shortly", int(wait.scalar() or 1)
+        f"At most {per_minute} messages a minute; try again shortly",
+        int((wait[0]["retry_after"] if wait else None) or 1),
     )
 
 
@@ -192,14 +205,14 @@ PAGE_STATEMENTS = {
 
 
 async def page(
-    session: AsyncSession,
+    db: Db,
     *,
     limit: int,
     before: int | None = None,
     after: int | None = None,
     session_id: str | None = None,
     conversation_id: uuid.UUID | None = None,
-) -> tuple[list[Record], bool]:
+) -> tuple[list[Fields], bool]:
     """A page of history, oldest first, and whether more exist in the paging direction.
 
     No cursor: the latest `limit`; `before`: the latest `limit` with seq < before;
@@ -213,12 +226,11 @@ async def page(
     statement = PAGE_STATEMENTS[("session" if session_id is not None else "id", mode)]
     key = session_id if session_id is not None else conversation_id
     cursor = before if before is not None else after
-    connection = await session.connection()
     arguments = (key, limit + 1) if cursor is None else (key, limit + 1, cursor)
-    rows = list((await connection.exec_driver_sql(statement, arguments)).all())
+    rows = await fetch(db, statement, *arguments)
     if not rows:
         raise NotFound("Session not found" if session_id is not None else "Conversation not found")
-    items = [row for row in rows if row.id is not None]
+    items = [row for row in rows if row["id"] is not None]
     has_more = len(items) > limit
     items = items[:limit]
     if mode != "after":
