@@ -241,15 +241,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             metafunc.parametrize("hot_paths", [True, False], ids=["hot", "fastapi"], indirect=True)
 
 
-def joined_driver(connection: AsyncConnection) -> Callable[[], Any]:
+async def joined_driver(connection: AsyncConnection) -> Callable[[], Any]:
     """A connection source for the hot-path layer: the test's own connection, each
     request in a savepoint (as the joined sessions of the FastAPI path)."""
+    await connection.exec_driver_sql("SELECT 1")  # the outer transaction has begun
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
 
     @contextlib.asynccontextmanager
     async def source() -> AsyncIterator[Any]:
-        await connection.exec_driver_sql("SELECT 1")  # the outer transaction has begun
-        driver = (await connection.get_raw_connection()).driver_connection
-        assert driver is not None
         async with driver.transaction():
             yield driver
 
@@ -275,7 +275,7 @@ async def client(
     app.dependency_overrides[get_read_session] = joined_session
     production_source = app.state.hot_connection
     if production_source is not None:  # direct mode, HOT_PATHS on: as production serves
-        app.state.hot_connection = joined_driver(connection) if hot_paths else None
+        app.state.hot_connection = await joined_driver(connection) if hot_paths else None
     try:
         async with _client(app) as http:
             yield http

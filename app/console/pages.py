@@ -13,16 +13,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 
 from app import staff as passwords
-from app.api.deps import SettingsDep
+from app.api.deps import SettingsDep, check_content_length
 from app.api.stats import current_stats, daily_stats
 from app.console import format as fmt
 from app.console.auth import (
     CSRF_FIELD,
     LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
     CheckedForm,
     CsrfRejected,
     StaffSession,
@@ -37,6 +40,7 @@ from app.models import ESCALATION_STATUSES
 from app.repositories import audit, console, escalations, messages
 from app.repositories import staff as staff_accounts
 from app.repositories.console import ActiveSession
+from app.schemas import ISSUE_TYPE_PATTERN, MessageCreate
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -157,7 +161,7 @@ async def logout(db: SessionDep, session: StaffSession, form: CheckedForm) -> Re
     """End the session server-side and drop its cookie."""
     await console.end(db, session_id=session.session_id)
     response = RedirectResponse("/console/login", status_code=303)
-    response.delete_cookie("console_session", path="/console")
+    response.delete_cookie(SESSION_COOKIE, path="/console")
     return response
 
 
@@ -170,8 +174,11 @@ def _assignee(
     return {"anyone": None, "mine": session.staff_id, "unassigned": "none"}[filter_]
 
 
-QueueStatus = Annotated[str | None, Query(pattern="^(|pending|notified|in_progress|resolved)$")]
-QueueIssueType = Annotated[str | None, Query(pattern="^(|[a-z][a-z0-9_]{0,49})$")]
+# Empty (any), or what the API accepts: the statuses and the issue-type pattern, reused.
+QueueStatus = Annotated[str | None, Query(pattern=f"^(|{'|'.join(ESCALATION_STATUSES)})$")]
+QueueIssueType = Annotated[
+    str | None, Query(pattern=f"^(|{ISSUE_TYPE_PATTERN.removeprefix('^').removesuffix('$')})$")
+]
 QueueCursor = Annotated[str | None, Query(max_length=512)]
 
 
@@ -239,8 +246,8 @@ async def queue_rows(request: Request, session: StaffSession, queue: QueueContex
 # --- a case -------------------------------------------------------------------------------
 
 
-async def _actor_names(db: SessionDep, actors: list[str]) -> dict[str, str]:
-    """`...+staff:<id>` or `staff:<id>` actors -> the staff member's display name."""
+def _actor_ids(actors: list[str]) -> dict[str, uuid.UUID]:
+    """`...+staff:<id>` or `staff:<id>` actors -> the staff member's id."""
     ids: dict[str, uuid.UUID] = {}
     for actor in actors:
         _, found, tail = actor.rpartition("staff:")
@@ -249,8 +256,7 @@ async def _actor_names(db: SessionDep, actors: list[str]) -> dict[str, str]:
                 ids[actor] = uuid.UUID(tail)
             except ValueError:
                 continue
-    names = await console.display_names(db, staff_ids=set(ids.values()))
-    return {actor: names[staff_id] for actor, staff_id in ids.items() if staff_id in names}
+    return ids
 
 
 async def _case(
@@ -261,13 +267,15 @@ async def _case(
         db, conversation_id=escalation.conversation_id, limit=TRANSCRIPT_PAGE
     )
     trail = list(await audit.trail(db, escalation_id=escalation_id))
-    names = await _actor_names(db, [row.actor for row in trail])
+    actor_ids = _actor_ids([row.actor for row in trail])
     assignee_ids = {escalation.assignee_id} if escalation.assignee_id else set()
     for row in trail:
         for value in (row.from_value, row.to_value):
             if row.action == "assignment" and value:
                 assignee_ids.add(uuid.UUID(value))
-    people = await console.display_names(db, staff_ids=assignee_ids)
+    # One lookup for everyone the page names: assignees and the trail's actors.
+    people = await console.display_names(db, staff_ids=assignee_ids | set(actor_ids.values()))
+    names = {actor: people[staff_id] for actor, staff_id in actor_ids.items() if staff_id in people}
     now = datetime.now(UTC)
     start_seq = items[0]["seq"] if items else None
     return {
@@ -413,9 +421,11 @@ async def reply(
     escalation_id: uuid.UUID,
 ) -> Response:
     """A `staff` message in the case's conversation; the member's stream carries it."""
-    content = form.get("content", "")
     back = f"/console/cases/{escalation_id}"
-    if not content.strip() or "\x00" in content or len(content) > settings.message_max_chars:
+    try:  # the API's own rules for a message body
+        content = MessageCreate.model_validate({"content": form.get("content", "")}).content
+        check_content_length(settings, content)
+    except (ValidationError, RequestValidationError):
         error = Unprocessable(
             f"Write 1 to {settings.message_max_chars} characters (not only spaces) to reply."
         )
