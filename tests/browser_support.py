@@ -191,11 +191,23 @@ def wait_for(driver: Any, condition: Any, timeout: float = WAIT_S) -> Any:
     return wait.until(condition)
 
 
-def click_and_load(driver: Any, element: Any) -> None:
-    """Click a link or a form's button and wait until the next page has loaded."""
+def click_and_load(driver: Any, find: Any) -> None:
+    """Click the link or button `find(driver)` returns and wait until the next page has
+    loaded. Found and clicked again while a live swap replaces it between the two (the
+    driver then says the node no longer belongs to the document)."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
-    element.click()
+    def clicked(current: Any) -> Any:
+        element = find(current)
+        element.click()
+        return element
+
+    retry = WebDriverWait(
+        driver, WAIT_S, poll_frequency=0.05, ignored_exceptions=(WebDriverException,)
+    )
+    element = retry.until(clicked)
     wait_for(driver, expected_conditions.staleness_of(element))
     wait_for(driver, lambda d: d.execute_script("return document.readyState") == "complete")
 

@@ -158,7 +158,7 @@ def test_a_staff_member_works_a_case_from_arrival_to_resolution(clean: ThreadSer
 
         # Open it: contact details are here, but never in the URL or the title.
         link = f"{row_of(escalation_id)} a.open-case"
-        click_and_load(driver, wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, link)))
+        click_and_load(driver, lambda d: d.find_element(By.CSS_SELECTOR, link))
         wait_for(driver, lambda d: text_of(d, "case-status") == "New")
         assert "ada@example.org" in driver.page_source
         assert "+1 555 0100" in driver.page_source
@@ -167,14 +167,14 @@ def test_a_staff_member_works_a_case_from_arrival_to_resolution(clean: ThreadSer
         assert "My card was swallowed" in text_of(driver, "transcript")
 
         # Assign to me.
-        click_and_load(driver, button(driver, "Assign to me"))
+        click_and_load(driver, lambda d: button(d, "Assign to me"))
         wait_for(driver, lambda d: text_of(d, "case-assignee") == "Ann Lee")
 
         # Reply: the member's own event stream carries the staff message.
         history = api.get(f"/sessions/{session_id}/messages").json()["items"]
         heard = follow_member_stream(clean.base_url, session_id, history[-1]["seq"])
         driver.find_element(By.ID, "reply").send_keys("Hello Ada, I am on it.")
-        click_and_load(driver, button(driver, "Send reply"))
+        click_and_load(driver, lambda d: button(d, "Send reply"))
         wait_for(driver, lambda d: "I am on it" in text_of(d, "transcript"))
         message = heard.get(timeout=WAIT_S)
         assert message["content"] == "Hello Ada, I am on it."
@@ -187,17 +187,17 @@ def test_a_staff_member_works_a_case_from_arrival_to_resolution(clean: ThreadSer
         wait_for(driver, lambda d: "Thank you!" in text_of(d, "transcript"))
 
         # Resolve: it leaves the open queue.
-        click_and_load(driver, button(driver, "Resolve"))
+        click_and_load(driver, lambda d: button(d, "Resolve"))
         wait_for(driver, lambda d: text_of(d, "case-status") == "Resolved")
         audit = driver.find_element(By.CSS_SELECTOR, "ol.audit").text
         assert "assigned it to Ann Lee" in audit and "to Resolved" in audit
-        click_and_load(driver, driver.find_element(By.LINK_TEXT, "Queue"))
+        click_and_load(driver, lambda d: d.find_element(By.LINK_TEXT, "Queue"))
         wait_for(driver, lambda d: "Nothing waiting" in d.page_source)
         assert not driver.find_elements(By.CSS_SELECTOR, row_of(escalation_id))
         assert csp_errors(driver) == []
 
         # Sign out: the console is closed again.
-        click_and_load(driver, button(driver, "Sign out"))
+        click_and_load(driver, lambda d: button(d, "Sign out"))
         wait_for(driver, lambda d: d.current_url.endswith("/console/login"))
         driver.get(f"{clean.base_url}/console/dashboard")
         wait_for(driver, lambda d: d.current_url.endswith("/console/login"))
@@ -218,7 +218,7 @@ def test_a_second_staff_member_sees_the_assignment_live(clean: ThreadServer) -> 
 
         first.get(f"{clean.base_url}/console/cases/{escalation_id}")
         wait_for(first, lambda d: text_of(d, "case-status") == "New")
-        click_and_load(first, button(first, "Assign to me"))
+        click_and_load(first, lambda d: button(d, "Assign to me"))
         wait_for(first, lambda d: text_of(d, "case-assignee") == "Ann Lee")
 
         wait_for(
