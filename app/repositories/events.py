@@ -16,6 +16,16 @@ would not do: a transaction with a lower xid may take a higher bigserial.)
 The cost: an event is numbered only once every older writing transaction anywhere on
 the server has ended, so a long write transaction delays the service stream (never the
 member stream, which follows `messages.seq`).
+
+Where the work list starts. Numbering a row updates it, and the old version's entry in
+the partial index of unnumbered rows stays until a vacuum removes it. A scan from the
+index's start would step over every row numbered since the last vacuum (tens of
+thousands of dead entries between autovacuum runs on a busy log, each a heap visit), so
+every run would cost more as the log grew. So every scan starts after the (xid, id) of
+the row holding the last position given (`_FLOOR`): runs number rows in that order, and
+a row with a lower transaction id was visible to the run that numbered a higher one
+(that transaction had ended), so every row before it in that order is numbered already,
+and only the entries of rows still waiting are read.
 """
 
 from __future__ import annotations
@@ -34,12 +44,23 @@ from app.repositories.messages import MESSAGE_COLUMNS
 SEQUENCER_LOCK_KEY = 0x4D53_4556  # "MSEV"
 SEQUENCE_BATCH = 5000
 
+# Rows still waiting for a position come after the last numbered row in (xid, id) order
+# (see the module docstring); with no such row (none yet, or purged), after (0, 0).
+_LAST_NUMBERED = (
+    "FROM event_sequencer AS sequencer JOIN event_log AS numbered "
+    "ON numbered.position = sequencer.last_position WHERE sequencer.id = 1"
+)
+_FLOOR = (
+    f"(xid, id) > (coalesce((SELECT numbered.xid {_LAST_NUMBERED}), '0'::xid8), "
+    f"coalesce((SELECT numbered.id {_LAST_NUMBERED}), 0))"
+)
 _SEQUENCE = text(
-    """
+    f"""
     WITH pending AS (
         SELECT id, row_number() OVER (ORDER BY xid, id) AS n
         FROM event_log
-        WHERE position IS NULL AND xid < pg_snapshot_xmin(pg_current_snapshot())
+        WHERE position IS NULL AND {_FLOOR}
+          AND xid < pg_snapshot_xmin(pg_current_snapshot())
         ORDER BY xid, id
         LIMIT :batch
     ), counter AS (
@@ -50,7 +71,11 @@ _SEQUENCE = text(
     UPDATE event_log SET position = counter.base + pending.n
     FROM pending, counter
     WHERE event_log.id = pending.id
-    """
+    """  # noqa: S608 - a constant floor subquery
+)
+
+_WAITING = text(
+    f"SELECT EXISTS (SELECT 1 FROM event_log WHERE position IS NULL AND {_FLOOR})"  # noqa: S608 - constant
 )
 
 
@@ -64,10 +89,7 @@ async def sequence(session: AsyncSession) -> bool:
     await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SEQUENCER_LOCK_KEY})
     # A statement after the lock: its snapshot sees every earlier run's numbers.
     await session.execute(_SEQUENCE, {"batch": SEQUENCE_BATCH})
-    waiting = await session.scalar(
-        text("SELECT EXISTS (SELECT 1 FROM event_log WHERE position IS NULL)")
-    )
-    return bool(waiting)
+    return bool(await session.scalar(_WAITING))
 
 
 async def last_position(session: AsyncSession) -> int:
@@ -107,13 +129,14 @@ async def read_after(
 # MESSAGE_COLUMNS is a constant: one definition of what a Message row holds.
 _UNSEQUENCED_COLUMNS = "id, position, type, conversation_id, subject_id, status, created_at"
 _UNSEQUENCED = text(
-    f"SELECT {_UNSEQUENCED_COLUMNS} "  # noqa: S608 - a constant column list
-    "FROM event_log WHERE position IS NULL AND conversation_id = ANY(:conversations) "
+    f"SELECT {_UNSEQUENCED_COLUMNS} "  # noqa: S608 - constant column list and floor
+    f"FROM event_log WHERE position IS NULL AND {_FLOOR} "
+    "AND conversation_id = ANY(:conversations) "
     "AND NOT (id = ANY(:seen)) ORDER BY id LIMIT :limit"
 )
 _UNSEQUENCED_ANY = text(
-    f"SELECT {_UNSEQUENCED_COLUMNS} "  # noqa: S608 - a constant column list
-    "FROM event_log WHERE position IS NULL "
+    f"SELECT {_UNSEQUENCED_COLUMNS} "  # noqa: S608 - constant column list and floor
+    f"FROM event_log WHERE position IS NULL AND {_FLOOR} "
     "AND NOT (id = ANY(:seen)) ORDER BY id LIMIT :limit"
 )
 
