@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
@@ -302,3 +304,45 @@ async def test_history_by_conversation_id_reads_the_same_messages(db: AsyncSessi
     )
     items, has_more = await messages.page(db, conversation_id=created.conversation_id, limit=5)
     assert ([item.id for item in items], has_more) == ([created.id], False)
+
+
+def _index_scans(plan: dict[str, Any], index: str) -> list[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan that scans `index`."""
+    found = [plan] if plan.get("Index Name") == index else []
+    for child in plan.get("Plans", []):
+        found += _index_scans(child, index)
+    return found
+
+
+async def test_a_member_append_looks_its_key_up_within_the_conversation_whatever_the_stats(
+    db: AsyncSession,
+) -> None:
+    # Statistics taken while no message had a key say the keys' index is empty. A plan
+    # that trusted them scanned the whole index by key on every member message (and got
+    # slower with every keyed message stored); the lookup must always be by the pair.
+    row = await open_session(db)
+    other = await open_session(db)
+    await db.execute(
+        text(
+            "INSERT INTO messages (conversation_id, role, content) "
+            "SELECT :c, 'user', 'filler' FROM generate_series(1, 2000)"
+        ),
+        {"c": other.conversation_id},
+    )
+    await db.execute(text("ANALYZE messages"))
+    await add_messages(db, row.conversation_id, "one")
+    raw = await (await db.connection()).get_raw_connection()
+    explained = await raw.driver_connection.fetchval(
+        "EXPLAIN (ANALYZE, FORMAT JSON) " + messages.APPEND_BY_SESSION,
+        row.session_id,
+        "user",
+        "hello",
+        "key-1",
+        30,
+        False,
+    )
+    plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
+    lookups = _index_scans(plan, "uq_messages_conversation_id_idempotency_key")
+    assert lookups, "the replay check reads the (conversation, key) index"
+    for scan in lookups:
+        assert "conversation_id" in scan["Index Cond"], scan["Index Cond"]

@@ -63,6 +63,9 @@ WITH conversation AS (
 # replay of a stored message (its key already present) is not counted: it stores
 # nothing. (Two concurrent first sends of one key both count, the loser storing nothing:
 # a client racing itself pays one extra slot.)
+# The replay check is a scalar subquery on purpose: as NOT EXISTS the planner may turn it
+# into a join that reads the key index by key alone (every keyed message stored), as it
+# does when the statistics still say the index is empty.
 RATE_WINDOW = "1 minute"
 _APPEND_MEMBER = """
 WITH conversation AS (
@@ -70,10 +73,10 @@ WITH conversation AS (
 ), counted AS (
     INSERT INTO member_message_windows AS w (conversation_id, window_start, messages)
     SELECT id, now(), 1 FROM conversation
-    WHERE status <> 'archived' AND NOT EXISTS (
-        SELECT FROM messages AS m
+    WHERE status <> 'archived' AND (
+        SELECT m.id FROM messages AS m
         WHERE m.conversation_id = conversation.id AND m.idempotency_key = $4
-    )
+    ) IS NULL
     ON CONFLICT (conversation_id) DO UPDATE SET
         window_start = CASE WHEN w.window_start > now() - interval '{window}'
                             THEN w.window_start ELSE now() END,
